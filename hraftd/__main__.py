@@ -1,0 +1,3 @@
+from hraftd.cli import main
+
+main()

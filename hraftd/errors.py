@@ -1,0 +1,49 @@
+"""The errors of the store. Each says whether the operation was applied, since callers must know."""
+
+from __future__ import annotations
+
+
+class HraftdError(Exception):
+    """Base class. ``code`` is a stable machine-readable name, also used in HTTP error bodies."""
+
+    code = "error"
+
+
+class UnavailableError(HraftdError):
+    """No leader or no quorum was reachable in time, or the leader refused. NOT applied; retry later."""
+
+    code = "unavailable"
+
+
+class OutcomeUnknownError(HraftdError):
+    """The write was sent but not confirmed in time. It may still be applied, or never be."""
+
+    code = "outcome_unknown"
+
+
+class NotLeaderError(HraftdError):
+    """A membership change must run on the leader; ``leader_http_addr`` says where that is (or None)."""
+
+    code = "not_leader"
+
+    def __init__(self, message: str, leader_http_addr: str | None) -> None:
+        super().__init__(message)
+        self.leader_http_addr = leader_http_addr
+
+
+class UnknownMemberError(HraftdError):
+    """No member has that id."""
+
+    code = "unknown_member"
+
+
+class MembershipConflictError(HraftdError):
+    """The membership change is refused, e.g. removing the only member."""
+
+    code = "membership_conflict"
+
+
+class DataDirError(HraftdError):
+    """The data directory belongs to another node or cannot be used."""
+
+    code = "data_dir"

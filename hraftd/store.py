@@ -1,0 +1,454 @@
+"""ReplicatedKV: a dict replicated by Raft. The only module that touches PySyncObj's internals.
+
+It owns the SyncObj: configuration, durability settings, membership, read levels, and the mapping of
+PySyncObj's failure codes onto hraftd's errors. The HTTP server is one user of it; a Python program is another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
+
+from hraftd.errors import (
+    DataDirError,
+    HraftdError,
+    MembershipConflictError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    UnavailableError,
+    UnknownMemberError,
+)
+from hraftd.state import KVStateMachine
+
+LINEARIZABLE = "linearizable"
+STALE = "stale"
+READ_LEVELS = (LINEARIZABLE, STALE)
+
+# Failure codes after which the command was certainly not appended to the log.
+_NOT_APPLIED = {
+    FAIL_REASON.QUEUE_FULL: "the node's command queue is full",
+    FAIL_REASON.MISSING_LEADER: "there is no leader",
+    FAIL_REASON.DISCARDED: "a new leader replaced the entry",
+    FAIL_REASON.NOT_LEADER: "the node it was sent to is no longer the leader",
+    FAIL_REASON.REQUEST_DENIED: "the leader refused it",
+}
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+_POLL_INTERVAL = 0.01
+_CLUSTER_FILE = "cluster.json"
+
+
+def _translate(error_code: Any, what: str) -> HraftdError:
+    if error_code in _NOT_APPLIED:
+        return UnavailableError(f"{what} was not applied: {_NOT_APPLIED[error_code]}; retry")
+    if error_code == "Timeout":
+        return OutcomeUnknownError(f"{what} was not confirmed in time; outcome unknown, it may still be applied")
+    return OutcomeUnknownError(f"{what} lost contact with the leader (code {error_code}); outcome unknown")
+
+
+class _Call:
+    """One asynchronous PySyncObj call whose callback may come from the tick thread, or never."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.result: Any = None
+        self.error: Any = None
+
+    def __call__(self, result: Any, error: Any) -> None:
+        self.result, self.error = result, error
+        self._done.set()
+
+    def wait(self, deadline: float) -> bool:
+        return self._done.wait(max(deadline - time.monotonic(), 0))
+
+
+class _BarrierRound(_Call):
+    def __init__(self) -> None:
+        super().__init__()
+        self.started_at = 0.0
+
+
+class _ReadBarrier:
+    """Linearizable reads with at most one barrier entry in flight per node.
+
+    A reader may only rely on a barrier issued after its read arrived: it joins the round that will start
+    next, never the one already in flight. When a round completes, the next one starts at once.
+    """
+
+    def __init__(self, issue: Callable[[Callable[[Any, Any], None]], None], give_up_after: float) -> None:
+        self._issue = issue
+        self._give_up_after = give_up_after
+        # Re-entrant: a full command queue calls back at once, on the issuing thread.
+        self._lock = threading.RLock()
+        self._in_flight: _BarrierRound | None = None
+        self._next: _BarrierRound | None = None
+
+    def wait(self, deadline: float) -> None:
+        with self._lock:
+            in_flight = self._in_flight
+            # A barrier whose answer was lost (e.g. its forward to a dying leader) must not block reads forever.
+            if in_flight is not None and time.monotonic() - in_flight.started_at > self._give_up_after:
+                in_flight = self._in_flight = None
+            if in_flight is None:
+                round_, self._next = self._next or _BarrierRound(), None
+                self._start(round_)
+            else:
+                round_ = self._next = self._next or _BarrierRound()
+        if not round_.wait(deadline):
+            raise UnavailableError("could not confirm leadership with a quorum in time; no leader or no quorum")
+        if round_.error != FAIL_REASON.SUCCESS:
+            raise UnavailableError(f"read barrier failed: {_NOT_APPLIED.get(round_.error, 'leader changed')}")
+
+    def _start(self, round_: _BarrierRound) -> None:
+        """Issue ``round_``; the caller holds the lock."""
+        self._in_flight = round_
+        round_.started_at = time.monotonic()
+
+        def on_done(result: Any, error: Any) -> None:
+            round_(result, error)
+            with self._lock:
+                if self._in_flight is round_:
+                    self._in_flight = None
+                    next_round, self._next = self._next, None
+                    if next_round is not None:
+                        self._start(next_round)
+
+        self._issue(on_done)
+
+
+class ReplicatedKV(Mapping):
+    """A dict whose contents are agreed by a Raft cluster; any node reads and writes.
+
+    ``self_addr`` is this node's raft ``host:port`` (it binds only that host); ``peers`` are the raft addresses
+    of the other members, if any are known. Data, Raft log and membership live in ``data_dir``.
+    Reads are linearizable unless ``level="stale"`` is asked for. Writes return once committed by a majority
+    and applied on this node. Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError`.
+    """
+
+    def __init__(
+        self,
+        self_addr: str,
+        peers: Iterable[str] = (),
+        *,
+        data_dir: str | os.PathLike[str],
+        node_id: str | None = None,
+        http_addr: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.raft_addr = self_addr
+        self.node_id = node_id or self_addr
+        self.http_addr = http_addr
+        self.timeout = timeout
+        self._data_dir = Path(data_dir)
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        known_peers = self._load_cluster_file() | set(peers)
+        known_peers.discard(self_addr)
+        self._membership_lock = threading.Lock()
+        self._state = KVStateMachine()
+        conf = SyncObjConf(
+            journalFile=str(self._data_dir / "raft.journal"),
+            fullDumpFile=str(self._data_dir / "raft.snapshot"),
+            dynamicMembershipChange=True,
+            bindAddress=self_addr,
+            connectionRetryTime=1.0,
+            maxBindRetries=5,
+            bindRetryTime=0.5,
+        )
+        self._sync = SyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state])
+        try:
+            self._sync.waitBinded()
+        except SyncObjException:
+            self._sync.destroy()
+            raise DataDirError(f"cannot listen on raft address {self_addr}: is it in use or not local?") from None
+        self._written_peers: frozenset[str] | None = None
+        self._sync.addOnTickCallback(self._save_cluster_file_if_changed)
+        self._barrier = _ReadBarrier(lambda cb: self._state.barrier(callback=cb), give_up_after=timeout)
+        self._closed = False
+
+    # ----- lifecycle -----
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until this node knows a leader and has applied everything committed before the call."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        self._wait_for_leader(deadline)
+        self._barrier.wait(deadline)
+        self._announce_self()
+
+    def close(self) -> None:
+        """Stop the Raft node and release its port and files. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._sync.destroy()
+        self._sync._SyncObj__thread.join(self.timeout)  # noqa: SLF001  (destroy_synchronous has no timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> ReplicatedKV:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----- reads -----
+
+    def read(self, key: str, *, level: str = LINEARIZABLE) -> Any:
+        """The value of ``key``; ``KeyError`` if it is missing."""
+        self.sync_reads(level)
+        return self._state.data[key]
+
+    def sync_reads(self, level: str = LINEARIZABLE) -> None:
+        """Make the local state reflect every write acknowledged before this call (for ``linearizable``)."""
+        if level not in READ_LEVELS:
+            raise ValueError(f"unknown read level {level!r}; use one of {', '.join(READ_LEVELS)}")
+        if level == LINEARIZABLE:
+            self._barrier.wait(time.monotonic() + self.timeout)
+
+    def snapshot(self, *, level: str = LINEARIZABLE) -> dict[str, Any]:
+        """A consistent copy of the whole dict."""
+        self.sync_reads(level)
+        return self._state.data.copy()
+
+    def get(self, key: str, default: Any = None, *, level: str = LINEARIZABLE) -> Any:
+        try:
+            return self.read(key, level=level)
+        except KeyError:
+            return default
+
+    def __getitem__(self, key: str) -> Any:
+        return self.read(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.sync_reads()
+        return key in self._state.data
+
+    def __len__(self) -> int:
+        self.sync_reads()
+        return len(self._state.data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.snapshot())
+
+    def keys(self):  # type: ignore[override]
+        return self.snapshot().keys()
+
+    def items(self):  # type: ignore[override]
+        return self.snapshot().items()
+
+    def values(self):  # type: ignore[override]
+        return self.snapshot().values()
+
+    # ----- writes -----
+
+    def update(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), /, **kwargs: Any) -> int:
+        """Write all the pairs in one Raft entry: all or none. Returns the data's new revision."""
+        batch = dict(items, **kwargs)
+        if not batch:
+            raise ValueError("nothing to write")
+        if not all(isinstance(key, str) and key for key in batch):
+            raise ValueError("keys must be non-empty strings")
+        return self._replicate(self._state.put_many, "the write", batch)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.update({key: value})
+
+    def delete(self, key: str) -> bool:
+        """Delete ``key``; returns whether it existed when the deletion was applied."""
+        existed, _revision = self._replicate(self._state.delete_key, "the delete", key)
+        return existed
+
+    def __delitem__(self, key: str) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def _replicate(self, method: Callable[..., Any], what: str, *args: Any) -> Any:
+        deadline = time.monotonic() + self.timeout
+        self._wait_for_leader(deadline)
+        try:
+            return method(*args, sync=True, timeout=max(deadline - time.monotonic(), 0.001))
+        except SyncObjException as error:
+            raise _translate(error.errorCode, what) from None
+
+    def _wait_for_leader(self, deadline: float) -> None:
+        while self._sync._getLeader() is None:
+            if time.monotonic() >= deadline:
+                raise UnavailableError("no leader is known: an election is running or there is no quorum")
+            time.sleep(_POLL_INTERVAL)
+
+    # ----- cluster -----
+
+    @property
+    def revision(self) -> int:
+        """The revision of the data this node has applied (local, may lag)."""
+        return self._state.revision
+
+    @property
+    def applied_index(self) -> int:
+        """The raft index of the last entry this node applied (local, may lag)."""
+        return self._sync.raftLastApplied
+
+    def is_leader(self) -> bool:
+        return self._sync._isLeader()
+
+    def members(self) -> dict[str, dict[str, str | None]]:
+        """id -> {"raft_addr", "http_addr"} as this node last applied it."""
+        return {node_id: dict(member) for node_id, member in self._state.members.copy().items()}
+
+    def leader(self) -> dict[str, str | None] | None:
+        """The leader this node believes in: {"id", "raft_addr", "http_addr"}, or None during an election."""
+        node = self._sync._getLeader()
+        if node is None:
+            return None
+        raft_addr = node.address
+        for node_id, member in self.members().items():
+            if member["raft_addr"] == raft_addr:
+                return {"id": node_id, **member}
+        return {"id": None, "raft_addr": raft_addr, "http_addr": None}
+
+    def status(self) -> dict[str, Any]:
+        table = self.members()
+        connected = {node.address for node in self._sync.otherNodes if self._sync.isNodeConnected(node)}
+        members = []
+        for raft_addr in sorted(self._raft_members()):
+            node_id = next((i for i, m in table.items() if m["raft_addr"] == raft_addr), None)
+            http_addr = table[node_id]["http_addr"] if node_id is not None else None
+            members.append({
+                "id": node_id,
+                "raft_addr": raft_addr,
+                "http_addr": http_addr,
+                "connected": raft_addr == self.raft_addr or raft_addr in connected,
+            })
+        return {
+            "id": self.node_id,
+            "raft_addr": self.raft_addr,
+            "http_addr": self.http_addr,
+            "role": _ROLES.get(self._sync._SyncObj__raftState, "unknown"),  # noqa: SLF001
+            "leader": self.leader(),
+            "members": members,
+            "term": self._sync.raftCurrentTerm,
+            "commit_index": self._sync.raftCommitIndex,
+            "applied_index": self._sync.raftLastApplied,
+            "revision": self._state.revision,
+            "ready": self._sync.isReady() and self._sync._getLeader() is not None,
+        }
+
+    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None = None) -> bool:
+        """Make ``raft_addr`` a voting member named ``node_id``. Runs on the leader only, one change at a time.
+
+        Idempotent: returns False if the member already exists exactly so. An existing id with another address,
+        or an existing address under another id, is replaced.
+        """
+        with self._membership_lock:
+            deadline = self._start_membership_change()
+            current = self._state.members.get(node_id)
+            if current == {"raft_addr": raft_addr, "http_addr": http_addr}:
+                return False
+            cluster = self._raft_members()
+            if current is not None and current["raft_addr"] != raft_addr and current["raft_addr"] in cluster:
+                self._change_raft_membership(self._sync.removeNodeFromCluster, current["raft_addr"], deadline)
+            if raft_addr not in cluster:
+                self._change_raft_membership(self._sync.addNodeToCluster, raft_addr, deadline)
+            self._replicate(self._state.set_member, "the member update", node_id, raft_addr, http_addr)
+            return True
+
+    def remove_member(self, node_id: str) -> None:
+        """Remove member ``node_id`` from the cluster. Runs on the leader only, one change at a time."""
+        with self._membership_lock:
+            deadline = self._start_membership_change()
+            member = self._state.members.get(node_id)
+            if member is None:
+                raise UnknownMemberError(f"no member has id {node_id!r}")
+            cluster = self._raft_members()
+            if member["raft_addr"] == self.raft_addr:
+                if len(cluster) == 1:
+                    raise MembershipConflictError("refusing to remove the only member of the cluster")
+                self._hand_over_leadership(deadline)
+            if member["raft_addr"] in cluster:
+                self._change_raft_membership(self._sync.removeNodeFromCluster, member["raft_addr"], deadline)
+            self._replicate(self._state.forget_member, "the member removal", node_id)
+
+    def _start_membership_change(self) -> float:
+        if not self._sync._isLeader():
+            leader = self.leader()
+            raise NotLeaderError("membership changes run on the leader", leader and leader["http_addr"])
+        deadline = time.monotonic() + self.timeout
+        self._barrier.wait(deadline)  # the member table now reflects every earlier change
+        return deadline
+
+    def _raft_members(self) -> set[str]:
+        return {node.address for node in self._sync.otherNodes} | {self.raft_addr}
+
+    def _change_raft_membership(self, change: Callable[..., None], raft_addr: str, deadline: float) -> None:
+        while True:
+            call = _Call()
+            change(raft_addr, callback=call)
+            if not call.wait(deadline):
+                raise OutcomeUnknownError(f"membership change for {raft_addr} not confirmed in time; outcome unknown")
+            if call.error == FAIL_REASON.SUCCESS:
+                return
+            # A new leader refuses changes until its first entry commits: that is worth waiting for.
+            if call.error != FAIL_REASON.REQUEST_DENIED or time.monotonic() >= deadline:
+                raise _translate(call.error, f"the membership change for {raft_addr}")
+            time.sleep(_POLL_INTERVAL)
+
+    def _hand_over_leadership(self, deadline: float) -> None:
+        """Make another node leader (a leader cannot remove itself), then send the caller there."""
+        while self._sync._isLeader() and time.monotonic() < deadline:
+            self._sync.transferLeadership()
+            time.sleep(0.1)
+        while self._sync._getLeader() in (None, self._sync.selfNode) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+        leader = self.leader()
+        raise NotLeaderError("leadership was handed over so that this node can be removed",
+                             leader and leader["http_addr"])
+
+    def _announce_self(self) -> None:
+        """Record this node's addresses in the member table if they are missing or changed."""
+        wanted = {"raft_addr": self.raft_addr, "http_addr": self.http_addr}
+        if self._state.members.get(self.node_id) != wanted:
+            self._replicate(self._state.set_member, "the member update", self.node_id, self.raft_addr, self.http_addr)
+
+    # ----- the cluster file: which node this data dir belongs to, and its peers -----
+    # PySyncObj's journal does not restore the founding member on restart, so the peer list is kept here.
+
+    @staticmethod
+    def saved_peers(data_dir: str | os.PathLike[str]) -> set[str] | None:
+        """The peers a node with this data dir last knew, or None if it never was part of a cluster."""
+        path = Path(data_dir) / _CLUSTER_FILE
+        if not path.exists():
+            return None
+        return set(json.loads(path.read_text())["peers"])
+
+    def _load_cluster_file(self) -> set[str]:
+        path = self._data_dir / _CLUSTER_FILE
+        if not path.exists():
+            return set()
+        saved = json.loads(path.read_text())
+        if saved["raft_addr"] != self.raft_addr:
+            raise DataDirError(
+                f"{self._data_dir} belongs to the node with raft address {saved['raft_addr']}, "
+                f"not {self.raft_addr}: start it with that address or use another data directory"
+            )
+        return set(saved["peers"])
+
+    def _save_cluster_file_if_changed(self) -> None:
+        # Only once a leader is known: a node whose join failed never was a member, and must not look like one.
+        peers = frozenset(node.address for node in self._sync.otherNodes)
+        if peers == self._written_peers or self._sync._getLeader() is None:
+            return
+        path = self._data_dir / _CLUSTER_FILE
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w") as file:
+            json.dump({"raft_addr": self.raft_addr, "peers": sorted(peers)}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        self._written_peers = peers

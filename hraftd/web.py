@@ -1,0 +1,229 @@
+"""The HTTP API: a Flask app factory with thin handlers over the store.
+
+Handlers parse and validate, call the store, and leave every error to the handlers registered once in
+``create_app``. The app needs only the small ``Store`` interface below, so it is read and tested apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, Protocol
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from hraftd.errors import (
+    HraftdError,
+    MembershipConflictError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    UnavailableError,
+    UnknownMemberError,
+)
+
+log = logging.getLogger("hraftd.http")
+
+MAX_BODY_BYTES = 1024 * 1024
+_FORWARD_HEADER = "X-Hraftd-Forwarded"
+_MAX_FORWARDS = 3
+_STATUS_OF = {
+    UnavailableError: 503,
+    NotLeaderError: 503,
+    OutcomeUnknownError: 504,
+    UnknownMemberError: 404,
+    MembershipConflictError: 409,
+}
+
+
+class Store(Protocol):
+    """What the HTTP API needs of a store (``hraftd.store.ReplicatedKV`` is one)."""
+
+    node_id: str
+    timeout: float
+    applied_index: int
+    revision: int
+
+    def sync_reads(self, level: str) -> None: ...
+    def read(self, key: str, *, level: str) -> Any: ...
+    def update(self, items: dict[str, Any]) -> int: ...
+    def delete(self, key: str) -> bool: ...
+    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None) -> bool: ...
+    def remove_member(self, node_id: str) -> None: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+class BadRequest(Exception):
+    """The request is malformed; the message says how."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+api = Blueprint("api", __name__)
+
+
+def create_app(store: Store) -> Flask:
+    app = Flask("hraftd")
+    app.config["STORE"] = store
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.register_blueprint(api)
+    app.register_error_handler(BadRequest, lambda error: _error(400, error.code, str(error)))
+    app.register_error_handler(HraftdError, _store_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.after_request(_add_node_headers)
+    return app
+
+
+def _store() -> Store:
+    return current_app.config["STORE"]
+
+
+@api.post("/key")
+def set_keys() -> Response:
+    items = _json_object()
+    if not items:
+        raise BadRequest("the JSON object is empty: send at least one key", "empty")
+    if any(key == "" for key in items):
+        raise BadRequest("keys must be non-empty strings", "bad_key")
+    return jsonify(revision=_store().update(items))
+
+
+@api.get("/key/<path:key>")
+def get_key(key: str) -> Response:
+    level = request.args.get("level", "linearizable")
+    if level not in ("linearizable", "stale"):
+        raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
+    store = _store()
+    store.sync_reads(level)
+    index = store.applied_index  # read before the value, so the value reflects at least this index
+    try:
+        value = store.read(key, level="stale")
+    except KeyError:
+        response = _error(404, "key_not_found", f"key {key!r} does not exist")
+    else:
+        response = jsonify({key: value})
+    response.headers["X-Raft-Index"] = str(index)
+    return response
+
+
+@api.delete("/key/<path:key>")
+def delete_key(key: str) -> Response:
+    store = _store()
+    return jsonify(deleted=store.delete(key), revision=store.revision)
+
+
+@api.post("/join")
+def join() -> Response:
+    body = _json_object()
+    node_id, raft_addr = _string_field(body, "id"), _string_field(body, "addr")
+    http_addr = body.get("http_addr")
+    if http_addr is not None and not isinstance(http_addr, str):
+        raise BadRequest("'http_addr' must be a string", "bad_field")
+    try:
+        changed = _store().add_member(node_id, raft_addr, http_addr)
+    except NotLeaderError as error:
+        return _forward_to_leader(error, body)
+    return jsonify(id=node_id, addr=raft_addr, http_addr=http_addr, changed=changed)
+
+
+@api.delete("/remove")
+def remove() -> Response:
+    body = _json_object()
+    node_id = _string_field(body, "id")
+    try:
+        _store().remove_member(node_id)
+    except NotLeaderError as error:
+        return _forward_to_leader(error, body)
+    return jsonify(removed=node_id)
+
+
+@api.get("/status")
+def status() -> Response:
+    return jsonify(_store().status())
+
+
+def _json_object() -> dict[str, Any]:
+    """The body as a JSON object, whatever the Content-Type says (``curl -d`` sends a form type)."""
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply", "bad_json") from None
+    except ValueError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}", "bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}", "not_an_object")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _string_field(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"field {name!r} must be a non-empty string", "bad_field")
+    return value
+
+
+def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
+    """Membership changes are serialized on the leader: relay the request there and its answer back."""
+    hops = int(request.headers.get(_FORWARD_HEADER, "0") or 0)
+    if error.leader_http_addr is None or hops >= _MAX_FORWARDS:
+        raise UnavailableError(f"{error}; the leader's HTTP address is not known yet, retry") from None
+    forwarded = urllib.request.Request(
+        f"http://{error.leader_http_addr}{request.path}",
+        data=json.dumps(body).encode(),
+        method=request.method,
+        headers={"Content-Type": "application/json", _FORWARD_HEADER: str(hops + 1)},
+    )
+    try:
+        with urllib.request.urlopen(forwarded, timeout=3 * _store().timeout) as answer:
+            status, payload = answer.status, answer.read()
+    except urllib.error.HTTPError as answer:
+        status, payload = answer.code, answer.read()
+    except OSError as failure:
+        raise UnavailableError(f"could not reach the leader at {error.leader_http_addr}: {failure}") from None
+    return Response(payload, status=status, mimetype="application/json")
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> Response:
+    response = jsonify(error=message, code=code, **extra)
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def _store_error(error: HraftdError) -> Response:
+    status = next((code for kind, code in _STATUS_OF.items() if isinstance(error, kind)), 500)
+    return _error(status, error.code, str(error))
+
+
+def _http_error(error: HTTPException) -> Response:
+    code = (error.name or "http_error").lower().replace(" ", "_")
+    response = _error(error.code or 500, code, error.description or error.name)
+    if error.code == 405 and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def _unexpected_error(error: Exception) -> Response:
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("unexpected error, request id %s: %s %s", request_id, request.method, request.path)
+    return _error(500, "internal", f"internal error; the node's log has the details under request id {request_id}")
+
+
+def _add_node_headers(response: Response) -> Response:
+    store = _store()
+    response.headers["X-Hraftd-Node"] = store.node_id
+    response.headers.setdefault("X-Raft-Index", str(store.applied_index))
+    return response

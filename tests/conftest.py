@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from nodes import Cluster, Node
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Iterator[Cluster]:
+    """An empty cluster for one test; the test starts and kills its nodes."""
+    nodes = Cluster(tmp_path)
+    yield nodes
+    nodes.cleanup()
+
+
+@pytest.fixture(scope="module")
+def three_nodes(tmp_path_factory) -> Iterator[list[Node]]:
+    """A running 3-node cluster shared by the tests of one module; they must not kill its nodes."""
+    nodes = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield nodes.start(3)
+    finally:
+        nodes.cleanup()

@@ -1,0 +1,162 @@
+"""Real hraftd node processes on 127.0.0.1 for the integration tests: free ports, temp dirs, always killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = condition()
+            if result:
+                return result
+        except (requests.RequestException, KeyError, ValueError) as error:
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+class Node:
+    """One hraftd process (the gunicorn master and its worker, in their own process group)."""
+
+    def __init__(self, name: str, data_dir: Path, log_dir: Path) -> None:
+        self.name = name
+        self.http_addr = f"127.0.0.1:{free_port()}"
+        self.raft_addr = f"127.0.0.1:{free_port()}"
+        self.data_dir = data_dir
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http_addr}"
+
+    def start(self, join: Node | None = None, *extra: str) -> Node:
+        args = [sys.executable, "-m", "hraftd", "-id", self.name, "-haddr", self.http_addr,
+                "-raddr", self.raft_addr, *extra]
+        if join is not None:
+            args += ["-join", join.http_addr]
+        args.append(str(self.data_dir))
+        self.process = subprocess.Popen(args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> Node:
+        wait_for(lambda: self.alive() and self.status()["ready"], timeout, f"{self.name} to be ready")
+        return self
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            raise AssertionError(f"{self.name} exited:\n{self.log()}")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/status", timeout=5).json()
+
+    def get(self, key: str, **params: str) -> requests.Response:
+        return requests.get(f"{self.url}/key/{key}", params=params, timeout=15)
+
+    def set(self, items: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.url}/key", json=items, timeout=15)
+
+    def value(self, key: str) -> Any:
+        response = self.get(key)
+        assert response.status_code == 200, response.text
+        return response.json()[key]
+
+    def kill(self) -> None:
+        """kill -9 of the process a user sees: the gunicorn master only."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def signal_and_wait(self, signum: int, timeout: float = 15.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+    def processes(self) -> list[int]:
+        """PIDs of every process in this node's process group (master, worker)."""
+        assert self.process is not None
+        pgid = self.process.pid
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if os.getpgid(int(entry.name)) == pgid:
+                        pids.append(int(entry.name))
+                except ProcessLookupError:
+                    pass
+        return pids
+
+    def cleanup(self) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Cluster:
+    """Nodes of one test; every process is killed at the end whatever happens."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.nodes: list[Node] = []
+
+    def node(self, name: str) -> Node:
+        node = Node(name, self.tmp_path / name, self.tmp_path)
+        self.nodes.append(node)
+        return node
+
+    def start(self, size: int) -> list[Node]:
+        """node0 bootstraps, the others join it; returns once all are ready."""
+        first = self.node("node0").start().wait_ready()
+        others = [self.node(f"node{i}").start(join=first) for i in range(1, size)]
+        for node in others:
+            node.wait_ready()
+        wait_for(lambda: all(len(n.status()["members"]) == size for n in [first, *others]), START_TIMEOUT,
+                 "every node to see every member")
+        return [first, *others]
+
+    def leader(self, among: list[Node] | None = None) -> Node:
+        """The node every live node agrees is leader."""
+        candidates = among or [n for n in self.nodes if n.process and n.process.poll() is None]
+
+        def agreed_leader() -> Node | None:
+            names = {(n.status()["leader"] or {}).get("id") for n in candidates}
+            if len(names) == 1 and None not in names:
+                return next((n for n in candidates if n.name in names), None)
+            return None
+
+        return wait_for(agreed_leader, START_TIMEOUT, "the nodes to agree on a leader")
+
+    def cleanup(self) -> None:
+        for node in self.nodes:
+            node.cleanup()
