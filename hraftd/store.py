@@ -10,9 +10,9 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
 
@@ -186,7 +186,7 @@ class ReplicatedKV(Mapping):
             return
         self._closed = True
         self._sync.destroy()
-        self._sync._SyncObj__thread.join(self.timeout)  # noqa: SLF001  (destroy_synchronous has no timeout)
+        self._sync._SyncObj__thread.join(self.timeout)
 
     @property
     def closed(self) -> bool:
@@ -330,7 +330,7 @@ class ReplicatedKV(Mapping):
             "id": self.node_id,
             "raft_addr": self.raft_addr,
             "http_addr": self.http_addr,
-            "role": _ROLES.get(self._sync._SyncObj__raftState, "unknown"),  # noqa: SLF001
+            "role": _ROLES.get(self._sync._SyncObj__raftState, "unknown"),
             "leader": self.leader(),
             "members": members,
             "term": self._sync.raftCurrentTerm,
