@@ -1,0 +1,76 @@
+"""Joining and removing members on real clusters."""
+
+import requests
+from nodes import wait_for
+
+
+def member_ids(node):
+    return {m["id"] for m in node.status()["members"]}
+
+
+def remove(node, node_id):
+    return requests.delete(f"{node.url}/remove", json={"id": node_id}, timeout=30)
+
+
+def test_removing_the_only_member_is_refused(cluster):
+    node0 = cluster.node("node0").start().wait_ready()
+    response = remove(node0, "node0")
+    assert response.status_code == 409
+    assert response.json()["code"] == "membership_conflict"
+    assert "only member" in response.json()["error"]
+    assert node0.set({"still": "writable"}).status_code == 200
+
+
+def test_remove_a_follower_then_the_leader_from_any_node(cluster):
+    nodes = cluster.start(3)
+    leader = cluster.leader()
+    followers = [n for n in nodes if n is not leader]
+
+    response = remove(followers[0], followers[1].name)  # sent to a follower: forwarded to the leader
+    assert response.status_code == 200, response.text
+    wait_for(lambda: member_ids(leader) == {leader.name, followers[0].name}, 10, "the removal to apply")
+    assert followers[0].set({"after-removal": 1}).status_code == 200
+
+    response = remove(followers[0], leader.name)  # the leader hands over leadership, then is removed
+    assert response.status_code == 200, response.text
+    wait_for(lambda: member_ids(followers[0]) == {followers[0].name}, 10, "the leader's removal to apply")
+    assert followers[0].status()["role"] == "leader"
+    assert followers[0].set({"alone": 1}).status_code == 200
+    assert followers[0].value("after-removal") == 1
+
+
+def test_rejoining_under_a_new_id_or_address_replaces_the_old_entry(cluster):
+    node0, node1, node2 = cluster.start(3)
+
+    renamed = requests.post(f"{node1.url}/join", timeout=30,
+                            json={"id": "node2-renamed", "addr": node2.raft_addr, "http_addr": node2.http_addr})
+    assert renamed.status_code == 200 and renamed.json()["changed"] is True
+    wait_for(lambda: member_ids(node0) == {"node0", "node1", "node2-renamed"}, 10, "the rename to apply")
+
+    # The machine of node2 dies and is replaced: same id, new addresses, empty data dir.
+    node2.kill()
+    replacement = cluster.node("node2-renamed").start(join=node0).wait_ready()
+    members = {m["id"]: m for m in node0.status()["members"]}
+    assert set(members) == {"node0", "node1", "node2-renamed"}
+    assert members["node2-renamed"]["raft_addr"] == replacement.raft_addr
+    assert node2.raft_addr not in {m["raft_addr"] for m in members.values()}
+    assert node0.set({"replaced": 1}).status_code == 200
+    assert replacement.value("replaced") == 1
+
+
+def test_join_without_a_reachable_cluster_exits_non_zero(cluster):
+    lonely = cluster.node("lonely")
+    nowhere = cluster.node("nowhere")  # never started: nothing listens on its address
+    lonely.start(nowhere, "-join-timeout", "2")
+    assert lonely.process.wait(30) != 0
+    assert "cannot reach the node at" in lonely.log()
+
+
+def test_a_data_dir_with_its_own_cluster_refuses_to_join(cluster):
+    node0 = cluster.node("node0").start().wait_ready()
+    solo = cluster.node("solo").start().wait_ready()
+    solo.set({"mine": 1})
+    solo.signal_and_wait(15)
+    solo.start(node0)
+    assert solo.process.wait(30) != 0
+    assert "holds a single-node cluster of its own" in solo.log()

@@ -1,0 +1,48 @@
+"""Restarts: nothing acknowledged is lost, a restarted node catches up."""
+
+import signal
+
+from nodes import wait_for
+
+
+def test_kill_9_of_every_node_loses_no_acknowledged_write(cluster):
+    nodes = cluster.start(3)
+    acknowledged = {}
+    for i in range(60):
+        key, value = f"k{i}", {"i": i}
+        response = nodes[i % 3].set({key: value})
+        assert response.status_code == 200
+        acknowledged[key] = value
+    for node in nodes:
+        node.kill()
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        node.wait_ready()
+    for node in nodes:
+        for key, value in acknowledged.items():
+            assert node.value(key) == value, f"{node.name} lost {key}"
+    assert nodes[1].set({"after": "restart"}).status_code == 200
+
+
+def test_a_restarted_follower_catches_up_and_ignores_join(cluster):
+    node0, node1, node2 = cluster.start(3)
+    leader = cluster.leader()
+    follower = next(n for n in (node1, node2) if n is not leader)
+    follower.signal_and_wait(signal.SIGTERM)
+    for i in range(20):
+        assert leader.set({f"missed{i}": i}).status_code == 200
+    follower.start(join=node0)  # the Go README's command again: -join is ignored, data dir knows the cluster
+    follower.wait_ready()
+    wait_for(lambda: follower.get("missed19", level="stale").status_code == 200, 10, "the follower to catch up")
+    assert [follower.value(f"missed{i}") for i in range(20)] == list(range(20))
+    assert "ignores -join" in follower.log()
+    assert len(follower.status()["members"]) == 3
+
+
+def test_a_restarted_single_node_keeps_its_data(cluster):
+    node0 = cluster.node("node0").start().wait_ready()
+    node0.set({"persisted": [1, 2, 3]})
+    node0.kill()
+    node0.start().wait_ready()
+    assert node0.value("persisted") == [1, 2, 3]
