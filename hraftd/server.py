@@ -38,26 +38,22 @@ class StartupError(RuntimeError):
 
 def create_app() -> Flask:
     """Entry point for ``gunicorn 'hraftd.server:create_app()'``; settings come from HRAFTD_* variables."""
-    try:
-        settings = NodeSettings.from_env()
-    except ValueError as error:
-        raise StartupError(str(error)) from None
-    return start_node(settings)
+    return start_node(NodeSettings.from_env)
 
 
-def start_node(settings: NodeSettings) -> Flask:
+def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
     """Build the node in this gunicorn worker: Raft node, join, HTTP app."""
     _configure_logging()
-    worker = None
+    worker, arbiter = _gunicorn_context()
     try:
-        worker = _gunicorn_worker()
+        _refuse_unsafe_gunicorn(worker, arbiter)
+        settings = load_settings()
         if worker is not None:
             _die_with_master()
         store = open_store(settings)
-    except (StartupError, HraftdError) as error:
-        log.error("cannot start node %s: %s", settings.node_id, error)
+    except (StartupError, HraftdError, ValueError) as error:
+        log.error("cannot start the node: %s", error)
         if worker is None:  # not under gunicorn, or --preload in gunicorn's master
-
             raise StartupError(str(error)) from None
         sys.exit(_WORKER_BOOT_ERROR)
     if worker is not None:
@@ -155,15 +151,13 @@ class NodeServer(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self) -> Flask:
-        return start_node(self.settings)
+        return start_node(lambda: self.settings)
 
 
-def _gunicorn_worker() -> Any:
-    """The gunicorn worker loading this app, after checking gunicorn runs it the one safe way; else None."""
+def _gunicorn_context() -> tuple[Any, Any]:
+    """The gunicorn worker and arbiter on the call stack (either may be None)."""
     from gunicorn.arbiter import Arbiter
     from gunicorn.workers.base import Worker
-    from gunicorn.workers.gthread import ThreadWorker
-    from gunicorn.workers.sync import SyncWorker
 
     worker = arbiter = None
     frame = sys._getframe(1)
@@ -172,11 +166,19 @@ def _gunicorn_worker() -> Any:
         worker = worker or (caller if isinstance(caller, Worker) else None)
         arbiter = arbiter or (caller if isinstance(caller, Arbiter) else None)
         frame = frame.f_back
+    return worker, arbiter
+
+
+def _refuse_unsafe_gunicorn(worker: Any, arbiter: Any) -> None:
+    """A node must be one process, built in gunicorn's worker: refuse every other way of running it."""
+    from gunicorn.workers.gthread import ThreadWorker
+    from gunicorn.workers.sync import SyncWorker
+
     if worker is None and arbiter is not None:
         raise StartupError("refusing --preload: the Raft node must be built in the worker process, "
                            "where its threads run. Start gunicorn without --preload")
     if worker is None:
-        return None
+        return
     if worker.cfg.workers != 1:
         raise StartupError(f"refusing {worker.cfg.workers} workers: a node is one Raft member and must be one "
                            "process (a second worker cannot bind the raft port). Use -w 1 and raise --threads")
@@ -184,7 +186,6 @@ def _gunicorn_worker() -> Any:
         raise StartupError(f"refusing worker class {type(worker).__name__}: use -k gthread")
     if not isinstance(worker, ThreadWorker):
         log.warning("the sync worker answers one request at a time; use -k gthread --threads 16")
-    return worker
 
 
 def _die_with_master() -> None:

@@ -59,10 +59,20 @@ class Node:
                 "-raddr", self.raft_addr, *extra]
         if join is not None:
             args += ["-join", join.http_addr]
-        args.append(str(self.data_dir))
+        return self.run([*args, str(self.data_dir)])
+
+    def start_with_gunicorn(self, *gunicorn_args: str) -> Node:
+        """The operator's way: gunicorn loads the node's app factory, settings from the environment."""
+        env = {**os.environ, "HRAFTD_DATA_DIR": str(self.data_dir), "HRAFTD_HTTP_ADDR": self.http_addr,
+               "HRAFTD_RAFT_ADDR": self.raft_addr, "HRAFTD_ID": self.name}
+        args = [sys.executable, "-m", "gunicorn", "-b", self.http_addr, "--no-control-socket", *gunicorn_args,
+                "hraftd.server:create_app()"]
+        return self.run(args, env)
+
+    def run(self, args: list[str], env: dict[str, str] | None = None) -> Node:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, env=env)
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Node:

@@ -1,0 +1,103 @@
+"""ReplicatedKV in-process: three real Raft nodes in this test process, used like a dict."""
+
+import pytest
+from nodes import free_port, wait_for
+
+from hraftd import STALE, OutcomeUnknownError, ReplicatedKV, UnavailableError
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    kvs = [ReplicatedKV(addr, [a for a in addrs if a != addr], data_dir=tmp_path_factory.mktemp(f"kv{i}"))
+           for i, addr in enumerate(addrs)]
+    try:
+        for kv in kvs:
+            kv.wait_ready(20)
+        yield kvs
+    finally:
+        for kv in kvs:
+            kv.close()
+
+
+def test_used_like_a_dict_on_any_node(trio):
+    a, b, c = trio
+    a["user1"] = "batman"
+    assert b["user1"] == "batman" and c.get("user1") == "batman"
+    b.update({"user2": "robin", "user3": "alfred"})
+    assert "user2" in c and "nobody" not in c
+    assert c.get("nobody") is None and c.get("nobody", 7) == 7
+    del c["user3"]
+    with pytest.raises(KeyError):
+        a["user3"]
+    with pytest.raises(KeyError):
+        del a["user3"]
+    assert a.delete("user3") is False
+
+
+def test_iteration_is_over_a_consistent_copy(trio):
+    a, b, _ = trio
+    a.update({f"it{i}": i for i in range(10)})
+    seen = []
+    for key in b:  # writing while iterating is safe: the iteration is over a copy
+        seen.append(key)
+        b[f"during-{key}"] = 1
+    assert {f"it{i}" for i in range(10)} <= set(seen)
+    assert not any(key.startswith("during-") for key in seen)
+    assert dict(b.items())["it3"] == 3 and len(b) == len(b.snapshot())
+    assert sorted(b.keys()) == sorted(b.snapshot())
+
+
+def test_an_update_is_one_revision_and_all_or_nothing(trio):
+    a, b, _ = trio
+    before = a.update({"r": 0})
+    assert b.update({"r1": 1, "r2": 2, "r3": 3}) >= before + 1
+    with pytest.raises(ValueError):
+        a.update({"fine": 1, "": 2})
+    with pytest.raises(ValueError):
+        a.update({})
+    assert "fine" not in b
+
+
+def test_stale_reads_are_local_and_catch_up(trio):
+    a, _, c = trio
+    a["fresh"] = 1
+    wait_for(lambda: c.get("fresh", level=STALE) == 1, 5, "the stale read to catch up")
+    with pytest.raises(ValueError, match="unknown read level"):
+        c.get("fresh", level="eventual")
+
+
+def test_status_and_members(trio):
+    statuses = [kv.status() for kv in trio]
+    assert sorted(s["role"] for s in statuses) == ["follower", "follower", "leader"]
+    assert all(len(s["members"]) == 3 for s in statuses)
+    assert {s["leader"]["raft_addr"] for s in statuses} == {next(s["raft_addr"] for s in statuses
+                                                                 if s["role"] == "leader")}
+
+
+def test_without_a_quorum_calls_fail_fast_and_say_so(tmp_path):
+    peers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]  # nobody runs there
+    with ReplicatedKV(f"127.0.0.1:{free_port()}", peers, data_dir=tmp_path, timeout=0.5) as kv:
+        with pytest.raises(UnavailableError, match="no leader"):
+            kv["a"] = 1
+        with pytest.raises(UnavailableError):
+            kv.get("a")
+        with pytest.raises(UnavailableError):
+            kv.wait_ready(0.5)
+        assert kv.get("a", level=STALE) is None
+    assert kv.closed
+    assert not issubclass(OutcomeUnknownError, UnavailableError)  # callers must tell them apart
+
+
+def test_a_data_dir_belongs_to_one_raft_address(tmp_path):
+    addr = f"127.0.0.1:{free_port()}"
+    with ReplicatedKV(addr, data_dir=tmp_path) as kv:
+        kv.wait_ready(10)
+        kv["kept"] = True
+    with ReplicatedKV(addr, data_dir=tmp_path) as kv:
+        kv.wait_ready(10)
+        assert kv["kept"] is True
+    from hraftd.errors import DataDirError
+
+    with pytest.raises(DataDirError, match="belongs to the node with raft address"):
+        ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path)
