@@ -6,6 +6,7 @@ PySyncObj's failure codes onto hraftd's errors. The HTTP server is one user of i
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -222,9 +223,10 @@ class ReplicatedKV(Mapping):
     # ----- reads -----
 
     def read(self, key: str, *, level: str = LINEARIZABLE) -> Any:
-        """The value of ``key``; ``KeyError`` if it is missing."""
+        """A copy of the value of ``key``; ``KeyError`` if it is missing."""
         self.sync_reads(level)
-        return self._state.data[key]
+        # A copy: changing the node's own object would change this node's state without replicating it.
+        return copy.deepcopy(self._state.data[key])
 
     def sync_reads(self, level: str = LINEARIZABLE) -> None:
         """Make the local state reflect every write acknowledged before this call (for ``linearizable``)."""
@@ -234,9 +236,9 @@ class ReplicatedKV(Mapping):
             self._barrier.wait(time.monotonic() + self.timeout)
 
     def snapshot(self, *, level: str = LINEARIZABLE) -> dict[str, Any]:
-        """A consistent copy of the whole dict."""
+        """A consistent deep copy of the whole dict."""
         self.sync_reads(level)
-        return self._state.data.copy()
+        return copy.deepcopy(self._state.data.copy())
 
     def get(self, key: str, default: Any = None, *, level: str = LINEARIZABLE) -> Any:
         try:
@@ -375,6 +377,8 @@ class ReplicatedKV(Mapping):
         with self._membership_lock:
             deadline = self._start_membership_change()
             current = self._state.members.get(node_id)
+            if http_addr is None and current is not None and current["raft_addr"] == raft_addr:
+                http_addr = current["http_addr"]  # a Go-style join names no HTTP address: keep the known one
             if current == {"raft_addr": raft_addr, "http_addr": http_addr}:
                 return False
             cluster = self._raft_members()

@@ -14,7 +14,8 @@ import uuid
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from hraftd.errors import (
     HraftdError,
@@ -24,6 +25,7 @@ from hraftd.errors import (
     UnavailableError,
     UnknownMemberError,
 )
+from hraftd.settings import normalize_addr
 
 log = logging.getLogger("hraftd.http")
 
@@ -64,11 +66,20 @@ class BadRequest(Exception):
         self.code = code
 
 
+class KeyConverter(BaseConverter):
+    """Any non-empty rest of the path, slashes included, also a leading one (werkzeug's path converter refuses)."""
+
+    regex = ".+"
+    part_isolating = False
+
+
 api = Blueprint("api", __name__)
 
 
 def create_app(store: Store) -> Flask:
     app = Flask("hraftd")
+    app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
+    app.url_map.converters["key"] = KeyConverter
     app.config["STORE"] = store
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
@@ -95,7 +106,7 @@ def set_keys() -> Response:
     return jsonify(revision=_store().update(items))
 
 
-@api.get("/key/<path:key>")
+@api.get("/key/<key:key>")
 def get_key(key: str) -> Response:
     level = request.args.get("level", "linearizable")
     if level not in ("linearizable", "stale"):
@@ -113,7 +124,7 @@ def get_key(key: str) -> Response:
     return response
 
 
-@api.delete("/key/<path:key>")
+@api.delete("/key/<key:key>")
 def delete_key(key: str) -> Response:
     store = _store()
     return jsonify(deleted=store.delete(key), revision=store.revision)
@@ -122,10 +133,8 @@ def delete_key(key: str) -> Response:
 @api.post("/join")
 def join() -> Response:
     body = _json_object()
-    node_id, raft_addr = _string_field(body, "id"), _string_field(body, "addr")
-    http_addr = body.get("http_addr")
-    if http_addr is not None and not isinstance(http_addr, str):
-        raise BadRequest("'http_addr' must be a string", "bad_field")
+    node_id, raft_addr = _string_field(body, "id"), _address_field(body, "addr")
+    http_addr = _address_field(body, "http_addr") if body.get("http_addr") is not None else None
     try:
         changed = _store().add_member(node_id, raft_addr, http_addr)
     except NotLeaderError as error:
@@ -151,7 +160,7 @@ def status() -> Response:
 
 def _json_object() -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (``curl -d`` sends a form type)."""
-    raw = request.get_data(cache=False)
+    raw = _body()
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
@@ -163,6 +172,14 @@ def _json_object() -> dict[str, Any]:
     return body
 
 
+def _body() -> bytes:
+    """The raw body. A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH: treat that as too large."""
+    raw = request.get_data(cache=False)
+    if len(raw) >= MAX_BODY_BYTES:
+        raise RequestEntityTooLarge()
+    return raw
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -172,6 +189,13 @@ def _string_field(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value:
         raise BadRequest(f"field {name!r} must be a non-empty string", "bad_field")
     return value
+
+
+def _address_field(body: dict[str, Any], name: str) -> str:
+    try:
+        return normalize_addr(_string_field(body, name))
+    except ValueError as error:
+        raise BadRequest(f"field {name!r}: {error}", "bad_field") from None
 
 
 def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
@@ -187,12 +211,18 @@ def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
     )
     try:
         with urllib.request.urlopen(forwarded, timeout=3 * _store().timeout) as answer:
-            status, payload = answer.status, answer.read()
+            status, payload, headers = answer.status, answer.read(), answer.headers
     except urllib.error.HTTPError as answer:
-        status, payload = answer.code, answer.read()
-    except OSError as failure:
+        status, payload, headers = answer.code, answer.read(), answer.headers
+    except TimeoutError:
+        raise OutcomeUnknownError(f"the leader at {error.leader_http_addr} did not answer in time; "
+                                  "outcome unknown, the change may still be applied") from None
+    except OSError as failure:  # refused or unreachable: the leader never saw the request
         raise UnavailableError(f"could not reach the leader at {error.leader_http_addr}: {failure}") from None
-    return Response(payload, status=status, mimetype="application/json")
+    response = Response(payload, status=status, mimetype="application/json")
+    if "Retry-After" in headers:
+        response.headers["Retry-After"] = headers["Retry-After"]
+    return response
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> Response:

@@ -168,3 +168,39 @@ def test_removing_an_unknown_member_is_404(nodes):
         response = requests.delete(f"{node.url}/remove", json={"id": "no-such-node"}, timeout=20)
         assert response.status_code == 404, response.text
         assert response.json()["code"] == "unknown_member"
+
+
+@pytest.mark.parametrize("key", ["/leading", "a//double", "trailing/"])
+def test_keys_with_slashes_anywhere_are_read_and_deleted(nodes, key):
+    assert nodes[0].set({key: "slashed"}).status_code == 200
+    quoted = requests.utils.quote(key, safe="")
+    response = requests.get(f"{nodes[1].url}/key/{quoted}", timeout=10, allow_redirects=False)
+    assert response.status_code == 200 and response.json() == {key: "slashed"}
+    deleted = requests.delete(f"{nodes[2].url}/key/{quoted}", timeout=10, allow_redirects=False)
+    assert deleted.status_code == 200 and deleted.json()["deleted"] is True
+
+
+def test_a_chunked_body_over_the_limit_is_413(nodes):
+    def chunks():
+        yield b'{"chunked": 1}'
+        for _ in range(40):
+            yield b" " * 65536
+
+    response = requests.post(f"{nodes[0].url}/key", data=chunks(), timeout=10)
+    assert response.status_code == 413
+    assert nodes[0].get("chunked").status_code == 404
+
+
+@pytest.mark.parametrize("addr", ["garbage", "host:notaport", "", ":0"])
+def test_join_refuses_a_malformed_address(nodes, addr):
+    response = requests.post(f"{nodes[1].url}/join", json={"id": "x", "addr": addr}, timeout=10)
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_field"
+
+
+def test_a_go_style_join_without_http_addr_keeps_the_known_one(nodes):
+    member = nodes[2]
+    response = requests.post(f"{nodes[0].url}/join", json={"id": member.name, "addr": member.raft_addr}, timeout=20)
+    assert response.status_code == 200 and response.json()["changed"] is False
+    members = {m["id"]: m["http_addr"] for m in nodes[0].status()["members"]}
+    assert members[member.name] == member.http_addr

@@ -101,3 +101,12 @@ def test_a_data_dir_belongs_to_one_raft_address(tmp_path):
 
     with pytest.raises(DataDirError, match="belongs to the node with raft address"):
         ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path)
+
+
+def test_values_read_are_copies_that_cannot_change_the_state(trio):
+    a, b, _ = trio
+    a["shared"] = {"list": [1]}
+    mine = b["shared"]
+    mine["list"].append(2)
+    b.snapshot()["shared"]["list"].append(3)
+    assert b.get("shared", level=STALE) == {"list": [1]}
