@@ -110,17 +110,17 @@ class Node:
         return self.process.wait(timeout)
 
     def processes(self) -> list[int]:
-        """PIDs of every process in this node's process group (master, worker)."""
+        """PIDs of the live processes in this node's process group (master, worker); zombies are dead."""
         assert self.process is not None
-        pgid = self.process.pid
         pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == pgid:
-                        pids.append(int(entry.name))
-                except ProcessLookupError:
-                    pass
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            state, pgid = fields[0], int(fields[2])
+            if pgid == self.process.pid and state != "Z":
+                pids.append(int(stat_file.parent.name))
         return pids
 
     def cleanup(self) -> None:
