@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[NodeSettings, int]:
                         help="how long a request waits for a leader and a quorum before it fails (default 5)")
     parser.add_argument("-join-timeout", "--join-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="how long -join keeps retrying before the node gives up and exits (default 30)")
+    parser.add_argument("-no-fsync", "--no-fsync", dest="fsync", action="store_false",
+                        help="acknowledge writes without waiting for the disk: faster, but a power loss of a "
+                        "majority of nodes can lose acknowledged writes (default: fsync on)")
     parser.add_argument("--version", action="version", version=f"hraftd {__version__}")
     parser.add_argument("data_dir", metavar="DATA_DIR", help="where the node keeps its data; created if missing")
     args = parser.parse_args(argv)
@@ -39,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[NodeSettings, int]:
     try:
         settings = NodeSettings(data_dir=args.data_dir, http_addr=args.haddr, raft_addr=args.raddr,
                                 join=args.join, node_id=args.node_id, timeout=args.timeout,
-                                join_timeout=args.join_timeout)
+                                join_timeout=args.join_timeout, fsync=args.fsync)
     except ValueError as error:
         parser.error(str(error))
     return settings, args.threads

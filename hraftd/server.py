@@ -76,8 +76,10 @@ def open_store(settings: NodeSettings) -> ReplicatedKV:
                            "overwrite its data. Join with an empty data directory instead")
     deadline = time.monotonic() + settings.join_timeout
     peers = _cluster_peers(join, deadline) if join else set()
+    if not settings.fsync:
+        log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
-                         http_addr=settings.http_addr, timeout=settings.timeout)
+                         http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync)
     if join:
         try:
             _retry(lambda: _client(join, deadline).join(settings.node_id, settings.raft_addr, settings.http_addr),

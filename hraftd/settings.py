@@ -27,6 +27,7 @@ class NodeSettings:
     node_id: str | None = None
     timeout: float = 5.0
     join_timeout: float = 30.0
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -51,4 +52,5 @@ class NodeSettings:
             node_id=environ.get("HRAFTD_ID") or None,
             timeout=float(environ.get("HRAFTD_TIMEOUT", 5.0)),
             join_timeout=float(environ.get("HRAFTD_JOIN_TIMEOUT", 30.0)),
+            fsync=environ.get("HRAFTD_NO_FSYNC", "") not in ("1", "true", "yes"),
         )

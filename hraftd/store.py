@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
+from pysyncobj.transport import TCPTransport
 
+from hraftd.durability import DurableJournal, SyncBeforeAckTransport, fsync_directory_of
 from hraftd.errors import (
     DataDirError,
     HraftdError,
@@ -147,8 +149,10 @@ class ReplicatedKV(Mapping):
 
     ``self_addr`` is this node's raft ``host:port`` (it binds only that host); ``peers`` are the raft addresses
     of the other members, if any are known. Data, Raft log and membership live in ``data_dir``.
-    Reads are linearizable unless ``level="stale"`` is asked for. Writes return once committed by a majority
-    and applied on this node. Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError`.
+    Reads are linearizable unless ``level="stale"`` is asked for. Writes return once a majority has them on
+    disk and this node has applied them; ``fsync=False`` drops the "on disk" (faster, but a power loss of a
+    majority can lose acknowledged writes). Errors: :class:`UnavailableError` (not applied),
+    :class:`OutcomeUnknownError` (may or may not be applied).
     """
 
     def __init__(
@@ -160,6 +164,7 @@ class ReplicatedKV(Mapping):
         node_id: str | None = None,
         http_addr: str | None = None,
         timeout: float = 5.0,
+        fsync: bool = True,
     ) -> None:
         self.raft_addr = self_addr
         self.node_id = node_id or self_addr
@@ -171,9 +176,10 @@ class ReplicatedKV(Mapping):
         known_peers.discard(self_addr)
         self._membership_lock = threading.Lock()
         self._state = KVStateMachine()
+        snapshot_path = str(self._data_dir / "raft.snapshot")
         conf = SyncObjConf(
             journalFile=str(self._data_dir / "raft.journal"),
-            fullDumpFile=str(self._data_dir / "raft.snapshot"),
+            fullDumpFile=snapshot_path,
             dynamicMembershipChange=True,
             bindAddress=self_addr,
             connectionRetryTime=1.0,
@@ -182,7 +188,11 @@ class ReplicatedKV(Mapping):
             # Send each entry at once (~3 ms a write) instead of at the next heartbeat (~170 ms).
             appendEntriesUseBatch=False,
         )
-        self._sync = SyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state])
+        transport = SyncBeforeAckTransport if fsync else TCPTransport
+        self._sync = SyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state],
+                             transportClass=transport)
+        if fsync:
+            self._sync._SyncObj__raftLog = DurableJournal(self._sync._SyncObj__raftLog, snapshot_path)
         try:
             self._sync.waitBinded()
         except SyncObjException:
@@ -483,4 +493,5 @@ class ReplicatedKV(Mapping):
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        fsync_directory_of(str(path))
         self._written_peers = peers

@@ -15,7 +15,10 @@ def test_go_style_flags_as_in_the_go_readme():
     assert settings.join == "localhost:11000"
     assert settings.node_id == "localhost:12001"  # the id defaults to the raft address
     assert settings.data_dir == Path("~/node1").expanduser()
+    assert settings.fsync is True
     assert threads == 16
+    assert parse_args(["-no-fsync", "d"])[0].fsync is False
+    assert parse_args(["--no-fsync", "d"])[0].fsync is False
 
 
 def test_defaults_are_the_go_programs():
@@ -47,8 +50,8 @@ def test_normalize_addr(addr, expected):
 def test_settings_from_the_environment():
     settings = NodeSettings.from_env({"HRAFTD_DATA_DIR": "/d", "HRAFTD_HTTP_ADDR": ":8001",
                                       "HRAFTD_RAFT_ADDR": ":9001", "HRAFTD_JOIN": ":8000", "HRAFTD_ID": "n2",
-                                      "HRAFTD_TIMEOUT": "2.5", "HRAFTD_JOIN_TIMEOUT": "9"})
+                                      "HRAFTD_TIMEOUT": "2.5", "HRAFTD_JOIN_TIMEOUT": "9", "HRAFTD_NO_FSYNC": "1"})
     assert settings == NodeSettings(data_dir=Path("/d"), http_addr="localhost:8001", raft_addr="localhost:9001",
-                                    join="localhost:8000", node_id="n2", timeout=2.5, join_timeout=9.0)
+                                    join="localhost:8000", node_id="n2", timeout=2.5, join_timeout=9.0, fsync=False)
     with pytest.raises(ValueError, match="HRAFTD_DATA_DIR"):
         NodeSettings.from_env({})
