@@ -3,56 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from hraftd import __version__
-from hraftd.settings import DEFAULT_HTTP_ADDR, DEFAULT_RAFT_ADDR, NodeSettings
+from hraftd.settings import DEFAULT_HTTP_ADDR, DEFAULT_RAFT_ADDR, Limits, NodeSettings, read_secret
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[NodeSettings, int]:
+def parse_args(argv: list[str] | None = None) -> NodeSettings:
     parser = argparse.ArgumentParser(
         prog="hraftd",
         description="Run one node of an hraftd cluster: a key-value store replicated with Raft. "
         "Flags take one dash (as in the Go hraftd) or two. An address :PORT means localhost:PORT; "
         "give a host to be reachable from other machines.",
     )
-    parser.add_argument("-haddr", "--haddr", default=DEFAULT_HTTP_ADDR, metavar="HOST:PORT",
-                        help=f"HTTP API address to listen on and to advertise (default {DEFAULT_HTTP_ADDR})")
-    parser.add_argument("-raddr", "--raddr", default=DEFAULT_RAFT_ADDR, metavar="HOST:PORT",
-                        help=f"Raft address to listen on; raft binds this host only (default {DEFAULT_RAFT_ADDR})")
-    parser.add_argument("-join", "--join", metavar="HOST:PORT",
-                        help="HTTP address of any member of the cluster to join; ignored when DATA_DIR already "
-                        "holds a member")
-    parser.add_argument("-id", "--id", dest="node_id", metavar="ID",
-                        help="node ID (default: the raft address)")
-    parser.add_argument("-threads", "--threads", type=int, default=16,
-                        help="HTTP request threads of the node's one gunicorn worker (default 16)")
-    parser.add_argument("-timeout", "--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="how long a request waits for a leader and a quorum before it fails (default 5)")
-    parser.add_argument("-join-timeout", "--join-timeout", type=float, default=30.0, metavar="SECONDS",
-                        help="how long -join keeps retrying before the node gives up and exits (default 30)")
-    parser.add_argument("-no-fsync", "--no-fsync", dest="fsync", action="store_false",
-                        help="acknowledge writes without waiting for the disk: faster, but a power loss of a "
-                        "majority of nodes can lose acknowledged writes (default: fsync on)")
-    parser.add_argument("--version", action="version", version=f"hraftd {__version__}")
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="where the node keeps its data; created if missing")
+    flag = parser.add_argument
+
+    def option(name: str, **kwargs: object) -> None:
+        flag(f"-{name}", f"--{name}", **kwargs)
+
+    option("haddr", default=DEFAULT_HTTP_ADDR, metavar="HOST:PORT",
+           help=f"HTTP API address to listen on and to advertise (default {DEFAULT_HTTP_ADDR})")
+    option("raddr", default=DEFAULT_RAFT_ADDR, metavar="HOST:PORT",
+           help=f"Raft address to listen on; raft binds this host only (default {DEFAULT_RAFT_ADDR})")
+    option("join", metavar="HOST:PORT",
+           help="HTTP address of any member of the cluster to join; ignored when DATA_DIR already holds a member")
+    option("id", dest="node_id", metavar="ID", help="node ID (default: the raft address)")
+    option("timeout", type=float, default=5.0, metavar="SECONDS",
+           help="how long a request waits for a leader and a quorum before it fails (default 5)")
+    option("join-timeout", type=float, default=30.0, metavar="SECONDS",
+           help="how long -join keeps retrying before the node gives up and exits (default 30)")
+    option("no-fsync", dest="fsync", action="store_false",
+           help="acknowledge writes without waiting for the disk: faster, but a power loss of a majority of "
+           "nodes can lose acknowledged writes (default: fsync on)")
+    option("threads", type=int, default=16, help="HTTP request threads (default 16)")
+    option("max-pending", type=int, default=64, metavar="N",
+           help="requests that may wait for a thread; more are answered 503 at once (default 64)")
+    option("io-timeout", type=float, default=10.0, metavar="SECONDS",
+           help="longest wait for one read or write on a client connection; slow clients are cut off (default 10)")
+    defaults = Limits()
+    option("max-body", dest="max_body_bytes", type=int, default=defaults.max_body_bytes, metavar="BYTES",
+           help=f"largest request body (default {defaults.max_body_bytes})")
+    option("max-key-bytes", type=int, default=defaults.max_key_bytes, metavar="BYTES",
+           help=f"longest key, in UTF-8 bytes (default {defaults.max_key_bytes})")
+    option("max-keys-per-write", type=int, default=defaults.max_keys_per_write, metavar="N",
+           help=f"most keys in one POST /key (default {defaults.max_keys_per_write})")
+    option("max-value-bytes", type=int, default=defaults.max_value_bytes, metavar="BYTES",
+           help=f"largest value, as JSON (default {defaults.max_value_bytes})")
+    option("raft-secret-file", type=Path, metavar="FILE",
+           help="file whose first line is the cluster secret: raft traffic is then encrypted and authenticated "
+           "(or set HRAFTD_RAFT_SECRET). Required for a raft address that is not loopback")
+    option("raft-insecure", action="store_true",
+           help="serve raft on a non-loopback address without a secret, accepting that anyone who reaches it "
+           "controls the node")
+    option("auth-file", type=Path, metavar="FILE",
+           help="require bearer tokens: lines 'ROLE TOKEN', ROLE one of read, write, admin")
+    option("auth-token-file", type=Path, metavar="FILE",
+           help="token this node sends to other nodes when it joins (or set HRAFTD_AUTH_TOKEN)")
+    option("tls-cert", type=Path, metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    option("tls-key", type=Path, metavar="FILE", help="private key of -tls-cert (PEM)")
+    option("tls-ca", type=Path, metavar="FILE",
+           help="CA certificates to verify other nodes' HTTPS with (default: the system's)")
+    flag("--version", action="version", version=f"hraftd {__version__}")
+    flag("data_dir", metavar="DATA_DIR", help="where the node keeps its data; created if missing")
     args = parser.parse_args(argv)
-    if args.threads < 1:
-        parser.error("-threads must be at least 1")
     try:
-        settings = NodeSettings(data_dir=args.data_dir, http_addr=args.haddr, raft_addr=args.raddr,
-                                join=args.join, node_id=args.node_id, timeout=args.timeout,
-                                join_timeout=args.join_timeout, fsync=args.fsync)
-    except ValueError as error:
+        return NodeSettings(
+            data_dir=args.data_dir, http_addr=args.haddr, raft_addr=args.raddr, join=args.join,
+            node_id=args.node_id, timeout=args.timeout, join_timeout=args.join_timeout, fsync=args.fsync,
+            threads=args.threads, max_pending=args.max_pending, io_timeout=args.io_timeout,
+            limits=Limits(max_body_bytes=args.max_body_bytes, max_key_bytes=args.max_key_bytes,
+                          max_keys_per_write=args.max_keys_per_write, max_value_bytes=args.max_value_bytes),
+            raft_secret=read_secret(args.raft_secret_file) or os.environ.get("HRAFTD_RAFT_SECRET") or None,
+            raft_insecure=args.raft_insecure, auth_file=args.auth_file,
+            auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+        )
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    return settings, args.threads
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings, threads = parse_args(argv)
+    settings = parse_args(argv)
     from hraftd.server import NodeServer  # gunicorn is imported only once the flags are known to be good
 
-    NodeServer(settings, threads).run()
+    NodeServer(settings).run()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,11 +26,18 @@ class ClientError(Exception):
 
 
 class Client:
-    """Talks to one node; any node of the cluster answers every call."""
+    """Talks to one node; any node of the cluster answers every call.
 
-    def __init__(self, addr: str = "localhost:11000", timeout: float = 10.0) -> None:
-        self.base_url = addr if "://" in addr else f"http://{addr}"
+    ``addr`` is ``host:port`` or a URL (``https://host:port``). ``token``: a bearer token, for nodes that
+    require one. ``ssl_context``: how to verify an HTTPS node (default: the system's CAs).
+    """
+
+    def __init__(self, addr: str = "localhost:11000", timeout: float = 10.0, *, token: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.base_url = addr if "://" in addr else f"{'https' if ssl_context else 'http'}://{addr}"
         self.timeout = timeout
+        self._token = token
+        self._ssl_context = ssl_context
 
     def get(self, key: str, default: Any = None, *, level: str | None = None) -> Any:
         """The value of ``key``, or ``default`` if it does not exist. ``level``: linearizable or stale."""
@@ -69,8 +77,10 @@ class Client:
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         if data is not None:
             request.add_header("Content-Type", "application/json")
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._ssl_context) as response:
                 return json.load(response)
         except urllib.error.HTTPError as error:
             try:

@@ -7,10 +7,14 @@ Either way the node is built in the worker, never in the master, and the worker 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
+import socket
+import ssl
+import struct
 import sys
 import threading
 import time
@@ -21,6 +25,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from hraftd import web
+from hraftd.auth import TokenFile
 from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
 from hraftd.settings import NodeSettings
@@ -50,20 +55,33 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
         settings = load_settings()
         if worker is not None:
             _die_with_master()
-        store = open_store(settings)
-    except (StartupError, HraftdError, ValueError) as error:
+        tokens = TokenFile(settings.auth_file) if settings.auth_file else None
+        peer_tls = _peer_tls(settings, worker)
+        store = open_store(settings, peer_tls)
+    except (StartupError, HraftdError, ValueError, OSError) as error:
         log.error("cannot start the node: %s", error)
         if worker is None:  # not under gunicorn, or --preload in gunicorn's master
             raise StartupError(str(error)) from None
         sys.exit(_WORKER_BOOT_ERROR)
     if worker is not None:
         _close_on_worker_exit(worker, store)
-    log.info("node %s: http %s, raft %s, data %s", settings.node_id, settings.http_addr, settings.raft_addr,
-             settings.data_dir)
-    return web.create_app(store)
+        _protect_threads(worker, settings)
+    log.info("node %s: %s %s, raft %s%s, data %s", settings.node_id, "https" if peer_tls else "http",
+             settings.http_addr, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
+    if not settings.raft_secret and settings.raft_insecure:
+        log.warning("raft traffic on %s is neither encrypted nor authenticated (-raft-insecure)", settings.raft_addr)
+    return web.create_app(store, limits=settings.limits, tokens=tokens, peer_tls=peer_tls)
 
 
-def open_store(settings: NodeSettings) -> ReplicatedKV:
+def _peer_tls(settings: NodeSettings, worker: Any) -> ssl.SSLContext | None:
+    """How to reach other nodes: over HTTPS, verified with -tls-ca, whenever this node serves HTTPS."""
+    serves_tls = settings.tls_cert is not None or (worker is not None and worker.cfg.is_ssl)
+    if not serves_tls:
+        return None
+    return ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
+
+
+def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
     """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
     saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
     join = settings.join
@@ -75,14 +93,19 @@ def open_store(settings: NodeSettings) -> ReplicatedKV:
         raise StartupError(f"{settings.data_dir} holds a single-node cluster of its own; joining {join} would "
                            "overwrite its data. Join with an empty data directory instead")
     deadline = time.monotonic() + settings.join_timeout
-    peers = _cluster_peers(join, deadline) if join else set()
+    def client(addr: str) -> Client:
+        return Client(addr, timeout=max(deadline - time.monotonic(), 1.0), token=settings.auth_token,
+                      ssl_context=peer_tls)
+
+    peers = _cluster_peers(client(join), deadline) if join else set()
     if not settings.fsync:
         log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
-                         http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync)
+                         http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
+                         secret=settings.raft_secret)
     if join:
         try:
-            _retry(lambda: _client(join, deadline).join(settings.node_id, settings.raft_addr, settings.http_addr),
+            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr),
                    deadline, f"join the cluster at {join}")
         except StartupError:
             store.close()
@@ -92,13 +115,9 @@ def open_store(settings: NodeSettings) -> ReplicatedKV:
     return store
 
 
-def _cluster_peers(join: str, deadline: float) -> set[str]:
-    status = _retry(lambda: _client(join, deadline).status(), deadline, f"reach the node at {join}")
+def _cluster_peers(client: Client, deadline: float) -> set[str]:
+    status = _retry(client.status, deadline, f"reach the node at {client.base_url}")
     return {member["raft_addr"] for member in status["members"]}
-
-
-def _client(addr: str, deadline: float) -> Client:
-    return Client(addr, timeout=max(deadline - time.monotonic(), 1.0))
 
 
 def _retry(action: Callable[[], Any], deadline: float, what: str) -> Any:
@@ -132,9 +151,8 @@ def _announce_when_ready(store: ReplicatedKV) -> None:
 class NodeServer(BaseApplication):
     """gunicorn embedded in the ``hraftd`` process, with the settings a Raft node needs."""
 
-    def __init__(self, settings: NodeSettings, threads: int = 16) -> None:
+    def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
-        self.threads = threads
         super().__init__()
 
     def load_config(self) -> None:
@@ -142,13 +160,15 @@ class NodeServer(BaseApplication):
             "bind": [self.settings.http_addr],
             "workers": 1,
             "worker_class": "gthread",
-            "threads": self.threads,
+            "threads": self.settings.threads,
             # The worker is silent while it joins: give it that long before the master thinks it hung.
             "timeout": int(self.settings.join_timeout) + 30,
             "graceful_timeout": 10,
             "control_socket_disable": True,
             "proc_name": f"hraftd {self.settings.node_id}",
         }
+        if self.settings.tls_cert:
+            config.update(certfile=str(self.settings.tls_cert), keyfile=str(self.settings.tls_key))
         for name, value in config.items():
             self.cfg.set(name, value)
 
@@ -209,6 +229,77 @@ def _close_on_worker_exit(worker: Any, store: ReplicatedKV) -> None:
         previous_hook(arbiter, exiting_worker)
 
     worker.cfg.set("worker_exit", worker_exit)
+
+
+def _protect_threads(worker: Any, settings: NodeSettings) -> None:
+    """Keep slow or numerous clients from taking every request thread of a gthread worker.
+
+    gunicorn reads a request on a blocking socket with no timeout, so a client that sends half a request
+    holds a thread for good. Each client socket gets a kernel timeout for every read and write, a request
+    still running after a deadline has its socket shut down, and requests that would wait for a thread
+    beyond ``max_pending`` are answered 503 at once.
+    """
+    from gunicorn.workers.gthread import ThreadWorker
+
+    if not isinstance(worker, ThreadWorker):
+        return
+    seconds = int(settings.io_timeout)
+    timeval = struct.pack("ll", seconds, int((settings.io_timeout - seconds) * 1e6))
+    deadline = max(60.0, 4 * settings.timeout)  # longer than any request that is making progress
+    lock = threading.Lock()
+    waiting = 0
+    running: dict[Any, float] = {}
+    enqueue_req, handle = worker.enqueue_req, worker.handle
+
+    def guarded_enqueue_req(conn: Any) -> None:
+        nonlocal waiting
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        with lock:
+            refuse = waiting >= settings.max_pending
+            waiting += 0 if refuse else 1
+        if refuse:
+            _answer_busy(worker, conn)
+        else:
+            enqueue_req(conn)
+
+    def guarded_handle(conn: Any) -> Any:
+        nonlocal waiting
+        with lock:
+            waiting -= 1
+            running[conn] = time.monotonic()
+        try:
+            return handle(conn)
+        finally:
+            with lock:
+                running.pop(conn, None)
+
+    def cut_overdue_requests() -> None:
+        while True:
+            time.sleep(1.0)
+            with lock:
+                overdue = [conn for conn, started in running.items() if time.monotonic() - started > deadline]
+            for conn in overdue:
+                with contextlib.suppress(OSError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+
+    worker.enqueue_req, worker.handle = guarded_enqueue_req, guarded_handle
+    threading.Thread(target=cut_overdue_requests, name="hraftd-request-deadline", daemon=True).start()
+
+
+_BUSY_BODY = b'{"error": "the node is busy: too many requests are waiting; retry", "code": "busy"}'
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+
+
+def _answer_busy(worker: Any, conn: Any) -> None:
+    try:
+        conn.sock.setblocking(True)
+        conn.sock.sendall(_BUSY_RESPONSE)
+    except OSError:
+        pass
+    worker.nr_conns -= 1
+    conn.close()
 
 
 def _configure_logging() -> None:

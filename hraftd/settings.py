@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HTTP_ADDR = "localhost:11000"
@@ -18,6 +20,30 @@ def normalize_addr(addr: str) -> str:
     return f"{host or 'localhost'}:{int(port)}"
 
 
+def is_loopback(addr: str) -> bool:
+    """Whether ``host:port`` names this machine only (an unresolvable host is not)."""
+    host = addr.rpartition(":")[0].strip("[]")
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a node; anything larger gets a 4xx."""
+
+    max_body_bytes: int = 1024 * 1024
+    max_key_bytes: int = 1024
+    max_keys_per_write: int = 1000
+    max_value_bytes: int = 256 * 1024
+    max_depth: int = 32  # nesting of a value: deep structures cost recursion on every node
+
+    def __post_init__(self) -> None:
+        if min(self.max_body_bytes, self.max_key_bytes, self.max_keys_per_write, self.max_value_bytes) < 1:
+            raise ValueError("limits must be positive")
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     data_dir: Path
@@ -28,6 +54,17 @@ class NodeSettings:
     timeout: float = 5.0
     join_timeout: float = 30.0
     fsync: bool = True
+    threads: int = 16
+    max_pending: int = 64  # requests waiting for a thread; more get 503 at once
+    io_timeout: float = 10.0  # one read or write on a client socket
+    limits: Limits = field(default_factory=Limits)
+    raft_secret: str | None = field(default=None, repr=False)
+    raft_insecure: bool = False
+    auth_file: Path | None = None
+    auth_token: str | None = field(default=None, repr=False)  # what this node sends to other nodes
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -36,14 +73,28 @@ class NodeSettings:
         if self.join is not None:
             object.__setattr__(self, "join", normalize_addr(self.join))
         object.__setattr__(self, "node_id", self.node_id or self.raft_addr)
-        if self.timeout <= 0 or self.join_timeout <= 0:
+        if min(self.timeout, self.join_timeout, self.io_timeout) <= 0:
             raise ValueError("timeouts must be positive")
+        if self.threads < 1 or self.max_pending < 1:
+            raise ValueError("threads and max pending requests must be at least 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key")
+        if not self.raft_secret and not self.raft_insecure and not is_loopback(self.raft_addr):
+            raise ValueError(
+                f"refusing to serve raft on {self.raft_addr} without a cluster secret: anyone who reaches that "
+                "port could change the membership or run code. Give a secret (-raft-secret-file or "
+                "HRAFTD_RAFT_SECRET), or accept the risk explicitly with -raft-insecure"
+            )
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> NodeSettings:
         """Settings for ``gunicorn 'hraftd.server:create_app()'``: see docs/operations.md for the variables."""
         if not environ.get("HRAFTD_DATA_DIR"):
             raise ValueError("HRAFTD_DATA_DIR must name the node's data directory")
+
+        def optional_path(name: str) -> Path | None:
+            return Path(environ[name]) if environ.get(name) else None
+
         return cls(
             data_dir=Path(environ["HRAFTD_DATA_DIR"]),
             http_addr=environ.get("HRAFTD_HTTP_ADDR", DEFAULT_HTTP_ADDR),
@@ -52,5 +103,32 @@ class NodeSettings:
             node_id=environ.get("HRAFTD_ID") or None,
             timeout=float(environ.get("HRAFTD_TIMEOUT", 5.0)),
             join_timeout=float(environ.get("HRAFTD_JOIN_TIMEOUT", 30.0)),
-            fsync=environ.get("HRAFTD_NO_FSYNC", "") not in ("1", "true", "yes"),
+            fsync=not _true(environ.get("HRAFTD_NO_FSYNC")),
+            raft_secret=environ.get("HRAFTD_RAFT_SECRET") or read_secret(optional_path("HRAFTD_RAFT_SECRET_FILE")),
+            raft_insecure=_true(environ.get("HRAFTD_RAFT_INSECURE")),
+            auth_file=optional_path("HRAFTD_AUTH_FILE"),
+            auth_token=environ.get("HRAFTD_AUTH_TOKEN") or read_secret(optional_path("HRAFTD_AUTH_TOKEN_FILE")),
+            tls_ca=optional_path("HRAFTD_TLS_CA"),
+            io_timeout=float(environ.get("HRAFTD_IO_TIMEOUT", 10.0)),
+            max_pending=int(environ.get("HRAFTD_MAX_PENDING", 64)),
+            limits=Limits(**{name: int(environ[f"HRAFTD_{name.upper()}"]) for name in LIMIT_NAMES
+                             if environ.get(f"HRAFTD_{name.upper()}")}),
         )
+
+
+LIMIT_NAMES = ("max_body_bytes", "max_key_bytes", "max_keys_per_write", "max_value_bytes")
+
+
+def read_secret(path: Path | None) -> str | None:
+    """The first line of a secret file, without its newline."""
+    if path is None:
+        return None
+    text = path.read_text().strip()
+    secret = text.splitlines()[0].strip() if text else ""
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")

@@ -151,8 +151,9 @@ class ReplicatedKV(Mapping):
     of the other members, if any are known. Data, Raft log and membership live in ``data_dir``.
     Reads are linearizable unless ``level="stale"`` is asked for. Writes return once a majority has them on
     disk and this node has applied them; ``fsync=False`` drops the "on disk" (faster, but a power loss of a
-    majority can lose acknowledged writes). Errors: :class:`UnavailableError` (not applied),
-    :class:`OutcomeUnknownError` (may or may not be applied).
+    majority can lose acknowledged writes). ``secret``: encrypt and authenticate raft traffic; every node
+    needs the same one, and a node without it cannot join or send commands.
+    Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError` (may or may not be applied).
     """
 
     def __init__(
@@ -165,6 +166,7 @@ class ReplicatedKV(Mapping):
         http_addr: str | None = None,
         timeout: float = 5.0,
         fsync: bool = True,
+        secret: str | None = None,
     ) -> None:
         self.raft_addr = self_addr
         self.node_id = node_id or self_addr
@@ -185,6 +187,7 @@ class ReplicatedKV(Mapping):
             connectionRetryTime=1.0,
             maxBindRetries=5,
             bindRetryTime=0.5,
+            password=secret,
             # Send each entry at once (~3 ms a write) instead of at the next heartbeat (~170 ms).
             appendEntriesUseBatch=False,
         )

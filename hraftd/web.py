@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -17,6 +19,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
+from hraftd.auth import TokenFile, allows
 from hraftd.errors import (
     HraftdError,
     MembershipConflictError,
@@ -25,11 +28,11 @@ from hraftd.errors import (
     UnavailableError,
     UnknownMemberError,
 )
-from hraftd.settings import normalize_addr
+from hraftd.settings import Limits, normalize_addr
 
 log = logging.getLogger("hraftd.http")
 
-MAX_BODY_BYTES = 1024 * 1024
+READ_LEVELS = ("linearizable", "stale")
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
 _MAX_FORWARDS = 3
 _STATUS_OF = {
@@ -39,6 +42,17 @@ _STATUS_OF = {
     UnknownMemberError: 404,
     MembershipConflictError: 409,
 }
+# The role each endpoint needs when tokens are configured; endpoints not named here need none.
+_ROLE_OF_ENDPOINT = {
+    "api.get_key": "read",
+    "api.status": "read",
+    "api.set_keys": "write",
+    "api.delete_key": "write",
+    "api.join": "admin",
+    "api.remove": "admin",
+}
+# The query parameters each endpoint accepts; any other is refused rather than silently ignored.
+_PARAMETERS_OF_ENDPOINT = {"api.get_key": {"level"}}
 
 
 class Store(Protocol):
@@ -61,9 +75,10 @@ class Store(Protocol):
 class BadRequest(Exception):
     """The request is malformed; the message says how."""
 
-    def __init__(self, message: str, code: str = "bad_request") -> None:
+    def __init__(self, message: str, code: str = "bad_request", status: int = 400) -> None:
         super().__init__(message)
         self.code = code
+        self.status = status
 
 
 class KeyConverter(BaseConverter):
@@ -76,15 +91,25 @@ class KeyConverter(BaseConverter):
 api = Blueprint("api", __name__)
 
 
-def create_app(store: Store) -> Flask:
+def create_app(
+    store: Store,
+    *,
+    limits: Limits | None = None,
+    tokens: TokenFile | None = None,
+    peer_tls: ssl.SSLContext | None = None,
+) -> Flask:
+    """The API of one node. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak HTTPS."""
+    limits = limits or Limits()
     app = Flask("hraftd")
     app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
     app.url_map.converters["key"] = KeyConverter
-    app.config["STORE"] = store
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls,
+                      MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
-    app.register_error_handler(BadRequest, lambda error: _error(400, error.code, str(error)))
+    app.before_request(_authorize)
+    app.before_request(_refuse_unknown_parameters)
+    app.register_error_handler(BadRequest, lambda error: _error(error.status, error.code, str(error)))
     app.register_error_handler(HraftdError, _store_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -96,20 +121,29 @@ def _store() -> Store:
     return current_app.config["STORE"]
 
 
+def _limits() -> Limits:
+    return current_app.config["LIMITS"]
+
+
 @api.post("/key")
 def set_keys() -> Response:
     items = _json_object()
     if not items:
         raise BadRequest("the JSON object is empty: send at least one key", "empty")
-    if any(key == "" for key in items):
-        raise BadRequest("keys must be non-empty strings", "bad_key")
+    limits = _limits()
+    if len(items) > limits.max_keys_per_write:
+        raise BadRequest(f"{len(items)} keys in one write; the limit is {limits.max_keys_per_write}", "too_many_keys")
+    for key, value in items.items():
+        _check_key(key)
+        _check_value(key, value)
     return jsonify(revision=_store().update(items))
 
 
 @api.get("/key/<key:key>")
 def get_key(key: str) -> Response:
+    _check_key(key, status=414)
     level = request.args.get("level", "linearizable")
-    if level not in ("linearizable", "stale"):
+    if level not in READ_LEVELS:
         raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
     store = _store()
     store.sync_reads(level)
@@ -126,6 +160,7 @@ def get_key(key: str) -> Response:
 
 @api.delete("/key/<key:key>")
 def delete_key(key: str) -> Response:
+    _check_key(key, status=414)
     store = _store()
     return jsonify(deleted=store.delete(key), revision=store.revision)
 
@@ -158,11 +193,15 @@ def status() -> Response:
     return jsonify(_store().status())
 
 
+# ----- validation -----
+
+
 def _json_object() -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (``curl -d`` sends a form type)."""
     raw = _body()
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_object_without_duplicates)
     except RecursionError:
         raise BadRequest("the JSON is nested too deeply", "bad_json") from None
     except ValueError as error:
@@ -175,13 +214,63 @@ def _json_object() -> dict[str, Any]:
 def _body() -> bytes:
     """The raw body. A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH: treat that as too large."""
     raw = request.get_data(cache=False)
-    if len(raw) >= MAX_BODY_BYTES:
+    if len(raw) >= _limits().max_body_bytes:
         raise RequestEntityTooLarge()
     return raw
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:20]}... is too large for a double")
+    return number
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        duplicate = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        raise ValueError(f"duplicate key {duplicate[:100]!r} in an object")
+    return result
+
+
+def _check_key(key: str, status: int = 400) -> None:
+    """Keys: non-empty, valid UTF-8 (no lone surrogates), no control characters, at most max_key_bytes."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest("keys must be valid UTF-8 (a lone surrogate is not)", "bad_key") from None
+    if size == 0:
+        raise BadRequest("keys must be non-empty strings", "bad_key")
+    if size > _limits().max_key_bytes:
+        raise BadRequest(f"a key of {size} bytes; the limit is {_limits().max_key_bytes}", "key_too_long", status)
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+        raise BadRequest("keys must not contain control characters", "bad_key")
+
+
+def _check_value(key: str, value: Any) -> None:
+    limits = _limits()
+    if _depth(value, limits.max_depth) > limits.max_depth:
+        raise BadRequest(f"the value of {key[:100]!r} is nested deeper than {limits.max_depth}", "value_too_deep")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError):  # cannot happen for parsed JSON; kept as a guard for the message
+        raise BadRequest(f"the value of {key[:100]!r} is not JSON", "bad_value") from None
+    if size > limits.max_value_bytes:
+        raise BadRequest(f"the value of {key[:100]!r} has {size} bytes; the limit is {limits.max_value_bytes}",
+                         "value_too_large")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
 
 
 def _string_field(body: dict[str, Any], name: str) -> str:
@@ -198,38 +287,73 @@ def _address_field(body: dict[str, Any], name: str) -> str:
         raise BadRequest(f"field {name!r}: {error}", "bad_field") from None
 
 
+def _refuse_unknown_parameters() -> None:
+    if request.url_rule is None:  # no such path: the 404 says more than a complaint about parameters
+        return
+    allowed = _PARAMETERS_OF_ENDPOINT.get(request.endpoint or "", set())
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0][:100]!r}", "unknown_parameter")
+
+
+# ----- authentication -----
+
+
+def _authorize() -> None:
+    tokens: TokenFile | None = current_app.config["TOKENS"]
+    needed = _ROLE_OF_ENDPOINT.get(request.endpoint or "", "read" if request.url_rule is None else None)
+    if tokens is None or needed is None:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    role = tokens.role_of(token.strip()) if scheme.lower() == "bearer" else None
+    if role is None:
+        raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
+    if not allows(role, needed):
+        raise BadRequest(f"this token's role is {role!r}; this request needs {needed!r}", "forbidden", 403)
+
+
+# ----- forwarding membership changes -----
+
+
 def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
     """Membership changes are serialized on the leader: relay the request there and its answer back."""
     hops = int(request.headers.get(_FORWARD_HEADER, "0") or 0)
     if error.leader_http_addr is None or hops >= _MAX_FORWARDS:
         raise UnavailableError(f"{error}; the leader's HTTP address is not known yet, retry") from None
+    tls = current_app.config["PEER_TLS"]
+    headers = {"Content-Type": "application/json", _FORWARD_HEADER: str(hops + 1)}
+    if "Authorization" in request.headers:
+        headers["Authorization"] = request.headers["Authorization"]
     forwarded = urllib.request.Request(
-        f"http://{error.leader_http_addr}{request.path}",
-        data=json.dumps(body).encode(),
-        method=request.method,
-        headers={"Content-Type": "application/json", _FORWARD_HEADER: str(hops + 1)},
+        f"{'https' if tls else 'http'}://{error.leader_http_addr}{request.path}",
+        data=json.dumps(body).encode(), method=request.method, headers=headers,
     )
     try:
-        with urllib.request.urlopen(forwarded, timeout=3 * _store().timeout) as answer:
-            status, payload, headers = answer.status, answer.read(), answer.headers
+        with urllib.request.urlopen(forwarded, timeout=3 * _store().timeout, context=tls) as answer:
+            status, payload, answer_headers = answer.status, answer.read(), answer.headers
     except urllib.error.HTTPError as answer:
-        status, payload, headers = answer.code, answer.read(), answer.headers
+        status, payload, answer_headers = answer.code, answer.read(), answer.headers
     except TimeoutError:
         raise OutcomeUnknownError(f"the leader at {error.leader_http_addr} did not answer in time; "
                                   "outcome unknown, the change may still be applied") from None
     except OSError as failure:  # refused or unreachable: the leader never saw the request
         raise UnavailableError(f"could not reach the leader at {error.leader_http_addr}: {failure}") from None
     response = Response(payload, status=status, mimetype="application/json")
-    if "Retry-After" in headers:
-        response.headers["Retry-After"] = headers["Retry-After"]
+    if "Retry-After" in answer_headers:
+        response.headers["Retry-After"] = answer_headers["Retry-After"]
     return response
 
 
-def _error(status: int, code: str, message: str, **extra: Any) -> Response:
-    response = jsonify(error=message, code=code, **extra)
+# ----- errors, in one place -----
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    response = jsonify(error=message, code=code)
     response.status_code = status
     if status == 503:
         response.headers["Retry-After"] = "1"
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hraftd"'
     return response
 
 
