@@ -236,8 +236,8 @@ def _protect_threads(worker: Any, settings: NodeSettings) -> None:
 
     gunicorn reads a request on a blocking socket with no timeout, so a client that sends half a request
     holds a thread for good. Each client socket gets a kernel timeout for every read and write, a request
-    still running after a deadline has its socket shut down, and requests that would wait for a thread
-    beyond ``max_pending`` are answered 503 at once.
+    still running after a deadline has its socket shut down, a connection being closed is not lingered on,
+    and requests that would wait for a thread beyond ``max_pending`` are answered 503 at once.
     """
     from gunicorn.workers.gthread import ThreadWorker
 
@@ -269,10 +269,16 @@ def _protect_threads(worker: Any, settings: NodeSettings) -> None:
             waiting -= 1
             running[conn] = time.monotonic()
         try:
-            return handle(conn)
+            keep_alive = handle(conn)
         finally:
             with lock:
                 running.pop(conn, None)
+        if not keep_alive:
+            # gunicorn's main loop then waits up to 2 s per connection for the client to close its side:
+            # a client that never does would stall the loop, so stop reading first.
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RD)
+        return keep_alive
 
     def cut_overdue_requests() -> None:
         while True:
@@ -302,7 +308,19 @@ def _answer_busy(worker: Any, conn: Any) -> None:
     conn.close()
 
 
+class _SlowClientFilter(logging.Filter):
+    """gunicorn logs a traceback at ERROR when a client socket times out (-io-timeout): say it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], BlockingIOError):
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                "closed a connection whose client was too slow (-io-timeout)", (), None, None)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def _configure_logging() -> None:
+    logging.getLogger("gunicorn.error").addFilter(_SlowClientFilter())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("hraftd").setLevel(logging.INFO)

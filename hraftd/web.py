@@ -6,9 +6,11 @@ Handlers parse and validate, call the store, and leave every error to the handle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ import uuid
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
 from hraftd.auth import TokenFile, allows
@@ -363,11 +365,24 @@ def _store_error(error: HraftdError) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
+    if isinstance(error, (ClientDisconnected, RequestEntityTooLarge)):
+        _stop_reading_request()
     code = (error.name or "http_error").lower().replace(" ", "_")
     response = _error(error.code or 500, code, error.description or error.name)
     if error.code == 405 and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response
+
+
+def _stop_reading_request() -> None:
+    """The body was cut off or is too large: answer, then take no more from this client on this connection.
+
+    Otherwise gunicorn would wait for the rest of the body (seconds, on a thread) before its next request.
+    """
+    client = request.environ.get("gunicorn.socket")
+    if client is not None:
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RD)
 
 
 def _unexpected_error(error: Exception) -> Response:
