@@ -64,9 +64,13 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._call("GET", "/status")
 
-    def join(self, node_id: str, raft_addr: str, http_addr: str | None = None) -> dict[str, Any]:
-        """Add a node to the cluster (idempotent)."""
-        return self._call("POST", "/join", {"id": node_id, "addr": raft_addr, "http_addr": http_addr})
+    def join(self, node_id: str, raft_addr: str, http_addr: str | None = None, proof: str | None = None,
+             ) -> dict[str, Any]:
+        """Add a node to the cluster (idempotent). ``proof``: required by a cluster with a raft secret."""
+        body = {"id": node_id, "addr": raft_addr, "http_addr": http_addr}
+        if proof is not None:
+            body["proof"] = proof
+        return self._call("POST", "/join", body)
 
     def remove(self, node_id: str) -> dict[str, Any]:
         """Remove a member from the cluster."""

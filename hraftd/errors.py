@@ -47,3 +47,9 @@ class DataDirError(HraftdError):
     """The data directory belongs to another node or cannot be used."""
 
     code = "data_dir"
+
+
+class WrongSecretError(HraftdError):
+    """A node asked to join without proof that it holds the cluster secret."""
+
+    code = "bad_secret"

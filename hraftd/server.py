@@ -29,7 +29,7 @@ from hraftd.auth import TokenFile
 from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
 from hraftd.settings import NodeSettings
-from hraftd.store import ReplicatedKV
+from hraftd.store import ReplicatedKV, join_proof
 
 log = logging.getLogger("hraftd")
 
@@ -105,7 +105,9 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
                          secret=settings.raft_secret)
     if join:
         try:
-            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr),
+            proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr) if settings.raft_secret \
+                else None
+            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof),
                    deadline, f"join the cluster at {join}")
         except StartupError:
             store.close()

@@ -7,6 +7,8 @@ PySyncObj's failure codes onto hraftd's errors. The HTTP server is one user of i
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -28,6 +30,7 @@ from hraftd.errors import (
     OutcomeUnknownError,
     UnavailableError,
     UnknownMemberError,
+    WrongSecretError,
 )
 from hraftd.state import KVStateMachine
 
@@ -64,6 +67,12 @@ class _ResentEntriesFilter(logging.Filter):
 
 
 logging.getLogger("pysyncobj.syncobj").addFilter(_ResentEntriesFilter())
+
+
+def join_proof(secret: str, node_id: str, raft_addr: str) -> str:
+    """What a joining node sends to show it holds the cluster secret, without sending the secret."""
+    message = f"hraftd-join\n{node_id}\n{raft_addr}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def _translate(error_code: Any, what: str) -> HraftdError:
@@ -172,6 +181,7 @@ class ReplicatedKV(Mapping):
         self.node_id = node_id or self_addr
         self.http_addr = http_addr
         self.timeout = timeout
+        self._secret = secret
         self._data_dir = Path(data_dir)
         self._data_dir.mkdir(parents=True, exist_ok=True)
         known_peers = self._load_cluster_file() | set(peers)
@@ -381,12 +391,15 @@ class ReplicatedKV(Mapping):
             "ready": self.is_ready(),
         }
 
-    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None = None) -> bool:
+    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None = None, proof: str | None = None) -> bool:
         """Make ``raft_addr`` a voting member named ``node_id``. Runs on the leader only, one change at a time.
 
         Idempotent: returns False if the member already exists exactly so. An existing id with another address,
-        or an existing address under another id, is replaced.
+        or an existing address under another id, is replaced. With a cluster secret, ``proof`` must be
+        ``join_proof(secret, node_id, raft_addr)``: a node that could never talk to the others is not added.
         """
+        if self._secret and not hmac.compare_digest(proof or "", join_proof(self._secret, node_id, raft_addr)):
+            raise WrongSecretError("the joining node does not hold this cluster's secret")
         with self._membership_lock:
             deadline = self._start_membership_change()
             current = self._state.members.get(node_id)

@@ -29,6 +29,7 @@ from hraftd.errors import (
     OutcomeUnknownError,
     UnavailableError,
     UnknownMemberError,
+    WrongSecretError,
 )
 from hraftd.settings import Limits, normalize_addr
 
@@ -43,6 +44,7 @@ _STATUS_OF = {
     OutcomeUnknownError: 504,
     UnknownMemberError: 404,
     MembershipConflictError: 409,
+    WrongSecretError: 403,
 }
 # The role each endpoint needs when tokens are configured; endpoints not named here need none.
 _ROLE_OF_ENDPOINT = {
@@ -69,7 +71,7 @@ class Store(Protocol):
     def read(self, key: str, *, level: str) -> Any: ...
     def update(self, items: dict[str, Any]) -> int: ...
     def delete(self, key: str) -> bool: ...
-    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None) -> bool: ...
+    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None, proof: str | None) -> bool: ...
     def remove_member(self, node_id: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
 
@@ -172,8 +174,9 @@ def join() -> Response:
     body = _json_object()
     node_id, raft_addr = _string_field(body, "id"), _address_field(body, "addr")
     http_addr = _address_field(body, "http_addr") if body.get("http_addr") is not None else None
+    proof = _string_field(body, "proof") if body.get("proof") is not None else None
     try:
-        changed = _store().add_member(node_id, raft_addr, http_addr)
+        changed = _store().add_member(node_id, raft_addr, http_addr, proof)
     except NotLeaderError as error:
         return _forward_to_leader(error, body)
     return jsonify(id=node_id, addr=raft_addr, http_addr=http_addr, changed=changed)
