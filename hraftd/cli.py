@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("tls-key", type=Path, metavar="FILE", help="private key of -tls-cert (PEM)")
     option("tls-ca", type=Path, metavar="FILE",
            help="CA certificates to verify other nodes' HTTPS with (default: the system's)")
+    option("restore", type=Path, metavar="FILE",
+           help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup")
+    option("log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)")
+    option("log-json", action="store_true", help="log one JSON object per line instead of text")
+    option("access-log", action="store_true", help="log every HTTP request (to stdout)")
     flag("--version", action="version", version=f"hraftd {__version__}")
     flag("data_dir", metavar="DATA_DIR", help="where the node keeps its data; created if missing")
     args = parser.parse_args(argv)
@@ -78,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             raft_secret=read_secret(args.raft_secret_file) or os.environ.get("HRAFTD_RAFT_SECRET") or None,
             raft_insecure=args.raft_insecure, auth_file=args.auth_file,
             auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
-            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, restore=args.restore,
+            log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
         )
     except (ValueError, OSError) as error:
         parser.error(str(error))

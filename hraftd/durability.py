@@ -16,6 +16,8 @@ and a snapshot is fsynced before the log entries it replaces are dropped.
 from __future__ import annotations
 
 import os
+import time
+from bisect import bisect_left
 from typing import Any
 
 from pysyncobj.journal import FileJournal, MetaStorer
@@ -33,6 +35,20 @@ def fsync_file(path: str) -> None:
 
 def fsync_directory_of(path: str) -> None:
     fsync_file(os.path.dirname(os.path.abspath(path)))
+
+
+class LatencyHistogram:
+    """Counts of durations by upper bound (seconds), as Prometheus histograms want them; the last is +inf."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, float("inf"))
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(self.BOUNDS)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.BOUNDS, seconds)] += 1
+        self.sum += seconds
 
 
 class DurableMetaStorer(MetaStorer):
@@ -60,14 +76,20 @@ class DurableJournal:
         self._dirty = True  # entries may have been added before this wrapper was installed
         self.sync_count = 0
         self.synced_index = 0  # the raft index of the last entry known to be on disk
+        self.sync_latency = LatencyHistogram()
 
-    def sync(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            last_index = self._inner[-1][1] if len(self._inner) else 0
-            self._inner.flush()  # msync(MS_SYNC) of the mapping
-            self.synced_index = last_index
-            self.sync_count += 1
+    def sync(self) -> bool:
+        """Sync what was appended since the last call; returns whether there was anything."""
+        if not self._dirty:
+            return False
+        self._dirty = False
+        last_index = self._inner[-1][1] if len(self._inner) else 0
+        started = time.perf_counter()
+        self._inner.flush()  # msync(MS_SYNC) of the mapping
+        self.sync_latency.observe(time.perf_counter() - started)
+        self.synced_index = last_index
+        self.sync_count += 1
+        return True
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         self._inner.add(command, idx, term)
@@ -124,7 +146,10 @@ class SyncBeforeAckTransport(TCPTransport):
     def _onTick(self) -> None:  # runs once per tick, after the tick's appends
         journal = self._syncObj._SyncObj__raftLog
         if isinstance(journal, DurableJournal):
-            journal.sync()
+            if journal.sync() and not self._syncObj.otherNodes:
+                # Alone, the leader commits what it just synced on its next tick: make that tick come now
+                # instead of after the poller's idle wait (50 ms).
+                self._syncObj._SyncObj__pipeNotifier.notify()
         else:  # the moments before the store wraps the journal: sync all of it
             journal.flush()
         held, self._held_acks = self._held_acks, []

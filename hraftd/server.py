@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from hraftd import web
 from hraftd.auth import TokenFile
 from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
+from hraftd.logs import logging_config
 from hraftd.settings import NodeSettings
 from hraftd.store import ReplicatedKV, join_proof
 
@@ -53,6 +55,7 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
     try:
         _refuse_unsafe_gunicorn(worker, arbiter)
         settings = load_settings()
+        _set_log_levels(settings.log_level)
         if worker is not None:
             _die_with_master()
         tokens = TokenFile(settings.auth_file) if settings.auth_file else None
@@ -85,6 +88,8 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
     saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
     join = settings.join
+    if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
+        raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
     if join and saved_peers:
         log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
                  settings.data_dir, join)
@@ -113,8 +118,29 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
             store.close()
             raise
         log.info("joined the cluster at %s as %s", join, settings.node_id)
+    if settings.restore:
+        try:
+            _restore(store, settings)
+        except (HraftdError, OSError, ValueError) as error:
+            store.close()
+            raise StartupError(f"cannot restore {settings.restore}: {error}") from None
     threading.Thread(target=_announce_when_ready, args=(store,), name="hraftd-announce", daemon=True).start()
     return store
+
+
+def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
+    """Load a backup into the new one-node cluster, in entries of 1000 keys."""
+    with open(settings.restore, "rb") as file:
+        backup = json.load(file)
+    if not isinstance(backup, dict) or backup.get("format") != web.BACKUP_FORMAT or not isinstance(
+            backup.get("data"), dict):
+        raise ValueError("not an hraftd backup (GET /backup)")
+    store.wait_ready(settings.join_timeout)
+    items = list(backup["data"].items())
+    for start in range(0, len(items), 1000):
+        store.update(dict(items[start:start + 1000]))
+    log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
+             backup.get("raft_index"), backup.get("node"))
 
 
 def _cluster_peers(client: Client, deadline: float) -> set[str]:
@@ -168,6 +194,8 @@ class NodeServer(BaseApplication):
             "graceful_timeout": 10,
             "control_socket_disable": True,
             "proc_name": f"hraftd {self.settings.node_id}",
+            "logconfig_dict": logging_config(self.settings.node_id, self.settings.log_level,
+                                             self.settings.log_json, self.settings.access_log),
         }
         if self.settings.tls_cert:
             config.update(certfile=str(self.settings.tls_cert), keyfile=str(self.settings.tls_key))
@@ -322,7 +350,13 @@ class _SlowClientFilter(logging.Filter):
 
 
 def _configure_logging() -> None:
+    """Under gunicorn directly (no logconfig of ours), at least log our lines somewhere."""
     logging.getLogger("gunicorn.error").addFilter(_SlowClientFilter())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("hraftd").setLevel(logging.INFO)
+
+
+def _set_log_levels(level: str) -> None:
+    logging.getLogger("hraftd").setLevel(level.upper())
+    logging.getLogger("pysyncobj").setLevel(level.upper() if level == "debug" else logging.WARNING)

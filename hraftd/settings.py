@@ -65,6 +65,10 @@ class NodeSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    restore: Path | None = None
+    log_level: str = "info"
+    log_json: bool = False
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir).expanduser())
@@ -77,6 +81,10 @@ class NodeSettings:
             raise ValueError("timeouts must be positive")
         if self.threads < 1 or self.max_pending < 1:
             raise ValueError("threads and max pending requests must be at least 1")
+        if self.restore is not None and self.join is not None:
+            raise ValueError("-restore starts a new cluster from a backup; it cannot be combined with -join")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"unknown log level {self.log_level!r}: use debug, info, warning or error")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key")
         if not self.raft_secret and not self.raft_insecure and not is_loopback(self.raft_addr):
@@ -109,6 +117,7 @@ class NodeSettings:
             auth_file=optional_path("HRAFTD_AUTH_FILE"),
             auth_token=environ.get("HRAFTD_AUTH_TOKEN") or read_secret(optional_path("HRAFTD_AUTH_TOKEN_FILE")),
             tls_ca=optional_path("HRAFTD_TLS_CA"),
+            log_level=environ.get("HRAFTD_LOG_LEVEL", "info").lower(),
             io_timeout=float(environ.get("HRAFTD_IO_TIMEOUT", 10.0)),
             max_pending=int(environ.get("HRAFTD_MAX_PENDING", 64)),
             limits=Limits(**{name: int(environ[f"HRAFTD_{name.upper()}"]) for name in LIMIT_NAMES

@@ -47,7 +47,9 @@ _NOT_APPLIED = {
     FAIL_REASON.REQUEST_DENIED: "the leader refused it",
 }
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+log = logging.getLogger("hraftd")
 _POLL_INTERVAL = 0.01
+_READY_LAG = 1000  # applied entries may trail the known commit index by this much and still be "ready"
 _CLUSTER_FILE = "cluster.json"
 
 
@@ -212,7 +214,12 @@ class ReplicatedKV(Mapping):
             self._sync.destroy()
             raise DataDirError(f"cannot listen on raft address {self_addr}: is it in use or not local?") from None
         self._written_peers: frozenset[str] | None = None
-        self._sync.addOnTickCallback(self._save_cluster_file_if_changed)
+        self._last_leader: Any = None
+        self.leader_changes = 0
+        self._snapshot_started: float | None = None
+        self.snapshots = 0
+        self.snapshot_seconds = 0.0
+        self._sync.addOnTickCallback(self._on_tick)
         self._barrier = _ReadBarrier(lambda cb: self._state.barrier(callback=cb), give_up_after=timeout)
         self._closed = False
 
@@ -226,10 +233,17 @@ class ReplicatedKV(Mapping):
         self._announce_self()
 
     def close(self) -> None:
-        """Stop the Raft node and release its port and files. Idempotent."""
+        """Stop the Raft node and release its port and files. Idempotent.
+
+        A leader first hands leadership to the most caught-up follower, so that writes pause for one
+        round trip instead of an election timeout.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._sync._isLeader() and self._sync.otherNodes:
+            log.info("handing leadership over before stopping")
+            self._transfer_leadership(time.monotonic() + min(self.timeout, 2.0))
         self._sync.destroy()
         self._sync._SyncObj__thread.join(self.timeout)
 
@@ -342,9 +356,45 @@ class ReplicatedKV(Mapping):
         return self._sync.raftLastApplied
 
     def is_ready(self) -> bool:
-        """Knows a leader, has caught up once, and the member table has this node's addresses."""
-        return (self._sync.isReady() and self._sync._getLeader() is not None
+        """Knows a leader, is connected to a quorum, has caught up with what it knows is committed, and is in
+        the member table. Local: no Raft round trip."""
+        return (self._sync.isReady() and self._sync._getLeader() is not None and self._sync.hasQuorum
+                and self._sync.raftCommitIndex - self._sync.raftLastApplied <= _READY_LAG
                 and self._state.members.get(self.node_id) == self._own_record())
+
+    def is_alive(self) -> bool:
+        """The Raft node's thread runs (it stops only on close or on a fatal error)."""
+        return self._sync.tick_thread_alive()
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for monitoring, read without waiting for anything."""
+        journal = self._sync._SyncObj__raftLog
+        return {
+            "is_leader": self._sync._isLeader(),
+            "role": _ROLES.get(self._sync._SyncObj__raftState, "unknown"),
+            "term": self._sync.raftCurrentTerm,
+            "commit_index": self._sync.raftCommitIndex,
+            "applied_index": self._sync.raftLastApplied,
+            "leader_changes": self.leader_changes,
+            "log_entries": len(journal),
+            "snapshots": self.snapshots,
+            "snapshot_seconds": self.snapshot_seconds,
+            "fsync_latency": journal.sync_latency if isinstance(journal, DurableJournal) else None,
+            "keys": len(self._state.data),
+            "revision": self._state.revision,
+        }
+
+    def consistent_copy(self) -> tuple[int, int, dict[str, Any]]:
+        """(raft index, revision, data) taken between two applied entries, after a linearizable barrier."""
+        self.sync_reads(LINEARIZABLE)
+        taken: list[tuple[int, int, dict[str, Any]]] = []
+        # On the tick thread no entry is half applied: the copy is exactly the state at that index.
+        self._on_tick_thread(
+            lambda: taken.append((self._sync.raftLastApplied, self._state.revision, self._state.data.copy())),
+            time.monotonic() + self.timeout)
+        if not taken:
+            raise UnavailableError("the Raft node did not tick in time to take a copy")
+        return taken[0]
 
     def is_leader(self) -> bool:
         return self._sync._isLeader()
@@ -457,14 +507,40 @@ class ReplicatedKV(Mapping):
 
     def _hand_over_leadership(self, deadline: float) -> None:
         """Make another node leader (a leader cannot remove itself), then send the caller there."""
-        while self._sync._isLeader() and time.monotonic() < deadline:
-            self._sync.transferLeadership()
-            time.sleep(0.1)
-        while self._sync._getLeader() in (None, self._sync.selfNode) and time.monotonic() < deadline:
-            time.sleep(_POLL_INTERVAL)
+        self._transfer_leadership(deadline)
         leader = self.leader()
         raise NotLeaderError("leadership was handed over so that this node can be removed",
                              leader and leader["http_addr"])
+
+    def _transfer_leadership(self, deadline: float) -> None:
+        """Ask the most caught-up follower to take over, until another leader is known or ``deadline``."""
+        while self._sync._isLeader() and time.monotonic() < deadline:
+            # On the tick thread: it sends through the transport, which is not thread-safe.
+            self._on_tick_thread(self._sync.transferLeadership, deadline)
+            settle = min(time.monotonic() + 0.5, deadline)  # a denied transfer (follower behind) is retried
+            while self._sync._isLeader() and time.monotonic() < settle:
+                time.sleep(_POLL_INTERVAL)
+        while self._sync._getLeader() in (None, self._sync.selfNode) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+
+    def _on_tick_thread(self, action: Callable[[], Any], deadline: float) -> None:
+        """Run ``action`` once on PySyncObj's tick thread and wait for it (until ``deadline``)."""
+        done = threading.Event()
+        started = threading.Event()
+
+        def run_once() -> None:
+            if not started.is_set():
+                started.set()
+                try:
+                    action()
+                finally:
+                    done.set()
+
+        self._sync.addOnTickCallback(run_once)
+        try:
+            done.wait(max(deadline - time.monotonic(), 0))
+        finally:
+            self._sync.removeOnTickCallback(run_once)
 
     def _announce_self(self) -> None:
         """Record this node's addresses in the member table if they are missing or changed."""
@@ -496,6 +572,21 @@ class ReplicatedKV(Mapping):
                 f"not {self.raft_addr}: start it with that address or use another data directory"
             )
         return set(saved["peers"])
+
+    def _on_tick(self) -> None:
+        """Bookkeeping on the tick thread: the cluster file, leader changes, snapshots."""
+        self._save_cluster_file_if_changed()
+        leader = self._sync._getLeader()
+        if leader is not None and leader != self._last_leader:
+            self.leader_changes += 1
+        self._last_leader = leader
+        snapshotting = self._sync._SyncObj__serializer._Serializer__pid != 0
+        if snapshotting and self._snapshot_started is None:
+            self._snapshot_started = time.monotonic()
+        elif not snapshotting and self._snapshot_started is not None:
+            self.snapshots += 1
+            self.snapshot_seconds += time.monotonic() - self._snapshot_started
+            self._snapshot_started = None
 
     def _save_cluster_file_if_changed(self) -> None:
         # Only once a leader is known: a node whose join failed never was a member, and must not look like one.

@@ -7,17 +7,20 @@ Handlers parse and validate, call the store, and leave every error to the handle
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
 import socket
 import ssl
+import time
 import urllib.error
 import urllib.request
 import uuid
 from typing import Any, Protocol
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
@@ -31,6 +34,7 @@ from hraftd.errors import (
     UnknownMemberError,
     WrongSecretError,
 )
+from hraftd.metrics import NodeMetrics
 from hraftd.settings import Limits, normalize_addr
 
 log = logging.getLogger("hraftd.http")
@@ -50,6 +54,8 @@ _STATUS_OF = {
 _ROLE_OF_ENDPOINT = {
     "api.get_key": "read",
     "api.status": "read",
+    "api.metrics": "read",
+    "api.backup": "read",
     "api.set_keys": "write",
     "api.delete_key": "write",
     "api.join": "admin",
@@ -74,6 +80,10 @@ class Store(Protocol):
     def add_member(self, node_id: str, raft_addr: str, http_addr: str | None, proof: str | None) -> bool: ...
     def remove_member(self, node_id: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def is_ready(self) -> bool: ...
+    def is_alive(self) -> bool: ...
+    def consistent_copy(self) -> tuple[int, int, dict[str, Any]]: ...
 
 
 class BadRequest(Exception):
@@ -107,10 +117,11 @@ def create_app(
     app = Flask("hraftd")
     app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
     app.url_map.converters["key"] = KeyConverter
-    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls,
+    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=NodeMetrics(store),
                       MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
+    app.before_request(_start_clock)
     app.before_request(_authorize)
     app.before_request(_refuse_unknown_parameters)
     app.register_error_handler(BadRequest, lambda error: _error(error.status, error.code, str(error)))
@@ -118,6 +129,7 @@ def create_app(
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_add_node_headers)
+    app.after_request(_count_request)
     return app
 
 
@@ -196,6 +208,67 @@ def remove() -> Response:
 @api.get("/status")
 def status() -> Response:
     return jsonify(_store().status())
+
+
+@api.get("/livez")
+def livez() -> Response:
+    """The process answers and its Raft node runs; for restarts by a supervisor."""
+    if not _store().is_alive():
+        return _error(503, "raft_stopped", "the Raft node of this process has stopped")
+    return jsonify(status="ok")
+
+
+@api.get("/readyz")
+def readyz() -> Response:
+    """Knows a leader and has caught up; for load balancers. Cheap: no Raft round trip."""
+    if not _store().is_ready():
+        return _error(503, "not_ready", "no leader known, or this node has not caught up yet")
+    return jsonify(status="ready")
+
+
+@api.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(current_app.config["METRICS"].registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@api.get("/backup")
+def backup() -> Response:
+    """All the data as one JSON document, exactly as of the raft index in its header (and X-Raft-Index)."""
+    store = _store()
+    index, revision, data = store.consistent_copy()
+    header = {"format": BACKUP_FORMAT, "version": 1, "raft_index": index, "revision": revision,
+              "node": store.node_id, "keys": len(data)}
+
+    def document() -> Any:
+        yield json.dumps(header)[:-1] + ', "data": {'
+        items = iter(data.items())
+        separator = ""
+        while batch := [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in itertools.islice(items, 1000)]:
+            yield separator + ", ".join(batch)
+            separator = ", "
+        yield "}}\n"
+
+    response = Response(document(), mimetype="application/json")
+    response.headers["X-Raft-Index"] = str(index)
+    response.headers["Content-Disposition"] = f'attachment; filename="hraftd-backup-{index}.json"'
+    return response
+
+
+BACKUP_FORMAT = "hraftd-backup"
+
+
+# ----- request bookkeeping -----
+
+
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+def _count_request(response: Response) -> Response:
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    current_app.config["METRICS"].observe(route, request.method, response.status_code, seconds)
+    return response
 
 
 # ----- validation -----

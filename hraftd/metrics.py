@@ -1,0 +1,77 @@
+"""Prometheus metrics of a node: its HTTP requests, and its Raft and store state read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+
+ROLES = ("leader", "follower", "candidate")
+
+
+class StatsSource(Protocol):
+    def stats(self) -> dict[str, Any]: ...
+
+
+class StoreCollector:
+    """Reads ``store.stats()`` at every scrape, so the numbers are never stale and cost nothing between."""
+
+    def __init__(self, store: StatsSource) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._store.stats()
+        yield _gauge("hraftd_raft_leader", "1 if this node is the Raft leader", int(stats["is_leader"]))
+        role = GaugeMetricFamily("hraftd_raft_role", "1 for the node's current Raft role", labels=["role"])
+        for name in ROLES:
+            role.add_metric([name], int(stats["role"] == name))
+        yield role
+        yield _gauge("hraftd_raft_term", "Current Raft term", stats["term"])
+        yield _gauge("hraftd_raft_commit_index", "Highest log index known to be committed", stats["commit_index"])
+        yield _gauge("hraftd_raft_applied_index", "Highest log index applied to this node's state",
+                     stats["applied_index"])
+        yield CounterMetricFamily("hraftd_raft_leader_changes", "Times this node saw a new leader",
+                                  value=stats["leader_changes"])
+        yield _gauge("hraftd_raft_log_entries", "Entries in this node's Raft log (since the last snapshot)",
+                     stats["log_entries"])
+        yield SummaryMetricFamily("hraftd_snapshot_duration_seconds", "Snapshots (log compactions) taken",
+                                  count_value=stats["snapshots"], sum_value=stats["snapshot_seconds"])
+        latency = stats["fsync_latency"]
+        if latency is not None:
+            cumulative, buckets = 0, []
+            for bound, count in zip(latency.BOUNDS, latency.counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            yield HistogramMetricFamily("hraftd_fsync_duration_seconds", "Syncs of the Raft journal to disk",
+                                        buckets=buckets, sum_value=latency.sum)
+        yield _gauge("hraftd_keys", "Keys stored", stats["keys"])
+        yield _gauge("hraftd_revision", "Revision of the data (changes applied)", stats["revision"])
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+class NodeMetrics:
+    """One registry per app, so several nodes in one process (tests) never share counters."""
+
+    def __init__(self, store: StatsSource) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(StoreCollector(store))
+        self.requests = Counter("hraftd_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("hraftd_http_request_duration_seconds", "Time to answer an HTTP request",
+                                 ["route", "method"], registry=self.registry,
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
