@@ -12,6 +12,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -123,6 +124,8 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
             _restore(store, settings)
         except (HraftdError, OSError, ValueError) as error:
             store.close()
+            for leftover in settings.data_dir.iterdir():  # it was empty: leave it so, ready for another try
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
             raise StartupError(f"cannot restore {settings.restore}: {error}") from None
     threading.Thread(target=_announce_when_ready, args=(store,), name="hraftd-announce", daemon=True).start()
     return store
@@ -193,6 +196,7 @@ class NodeServer(BaseApplication):
             "timeout": int(self.settings.join_timeout) + 30,
             "graceful_timeout": 10,
             "control_socket_disable": True,
+            "limit_request_line": 8190,  # gunicorn's maximum: room for the longest key, percent-encoded
             "proc_name": f"hraftd {self.settings.node_id}",
             "logconfig_dict": logging_config(self.settings.node_id, self.settings.log_level,
                                              self.settings.log_json, self.settings.access_log),

@@ -29,6 +29,9 @@ def is_loopback(addr: str) -> bool:
         return False
 
 
+MAX_KEY_BYTES = 2048  # x3 when percent-encoded, plus the rest of the line: under gunicorn's 8190-byte limit
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of a node; anything larger gets a 4xx."""
@@ -42,6 +45,9 @@ class Limits:
     def __post_init__(self) -> None:
         if min(self.max_body_bytes, self.max_key_bytes, self.max_keys_per_write, self.max_value_bytes) < 1:
             raise ValueError("limits must be positive")
+        if self.max_key_bytes > MAX_KEY_BYTES:
+            raise ValueError(f"keys may be at most {MAX_KEY_BYTES} bytes: percent-encoded in a URL they must fit "
+                             "in one HTTP request line")
 
 
 @dataclass(frozen=True)
@@ -112,10 +118,10 @@ class NodeSettings:
             timeout=float(environ.get("HRAFTD_TIMEOUT", 5.0)),
             join_timeout=float(environ.get("HRAFTD_JOIN_TIMEOUT", 30.0)),
             fsync=not _true(environ.get("HRAFTD_NO_FSYNC")),
-            raft_secret=environ.get("HRAFTD_RAFT_SECRET") or read_secret(optional_path("HRAFTD_RAFT_SECRET_FILE")),
+            raft_secret=read_secret(optional_path("HRAFTD_RAFT_SECRET_FILE")) or environ.get("HRAFTD_RAFT_SECRET"),
             raft_insecure=_true(environ.get("HRAFTD_RAFT_INSECURE")),
             auth_file=optional_path("HRAFTD_AUTH_FILE"),
-            auth_token=environ.get("HRAFTD_AUTH_TOKEN") or read_secret(optional_path("HRAFTD_AUTH_TOKEN_FILE")),
+            auth_token=read_secret(optional_path("HRAFTD_AUTH_TOKEN_FILE")) or environ.get("HRAFTD_AUTH_TOKEN"),
             tls_ca=optional_path("HRAFTD_TLS_CA"),
             log_level=environ.get("HRAFTD_LOG_LEVEL", "info").lower(),
             io_timeout=float(environ.get("HRAFTD_IO_TIMEOUT", 10.0)),

@@ -157,7 +157,7 @@ def set_keys() -> Response:
 
 @api.get("/key/<key:key>")
 def get_key(key: str) -> Response:
-    _check_key(key, status=414)
+    _check_path_key(key)
     level = request.args.get("level", "linearizable")
     if level not in READ_LEVELS:
         raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
@@ -176,7 +176,7 @@ def get_key(key: str) -> Response:
 
 @api.delete("/key/<key:key>")
 def delete_key(key: str) -> Response:
-    _check_key(key, status=414)
+    _check_path_key(key)
     store = _store()
     return jsonify(deleted=store.delete(key), revision=store.revision)
 
@@ -328,6 +328,15 @@ def _check_key(key: str, status: int = 400) -> None:
         raise BadRequest(f"a key of {size} bytes; the limit is {_limits().max_key_bytes}", "key_too_long", status)
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
         raise BadRequest("keys must not contain control characters", "bad_key")
+
+
+def _check_path_key(key: str) -> None:
+    # WSGI hands the path over as latin-1; werkzeug would turn invalid UTF-8 into U+FFFD silently.
+    try:
+        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
+    _check_key(key, status=414)
 
 
 def _check_value(key: str, value: Any) -> None:

@@ -67,6 +67,8 @@ def test_key_limits_in_the_path(node):
     assert too_long.status_code == 414 and too_long.json()["code"] == "key_too_long"
     control = requests.get(f"{node.url}/key/a%07b", timeout=10)
     assert control.status_code == 400 and control.json()["code"] == "bad_key"
+    not_utf8 = requests.delete(f"{node.url}/key/a%FFb", timeout=10)
+    assert not_utf8.status_code == 400 and not_utf8.json()["code"] == "bad_key"
 
 
 def test_unknown_query_parameters_are_refused(node):

@@ -117,3 +117,17 @@ def test_log_format_and_level(cluster):
     quiet = cluster.node("quiet").start(None, "-log-level", "warning").wait_ready()
     quiet.signal_and_wait(signal.SIGTERM)
     assert " INFO " not in quiet.log()
+
+
+def test_a_failed_restore_leaves_the_data_dir_ready_for_another_try(cluster, tmp_path):
+    not_a_backup = tmp_path / "not-a-backup.json"
+    not_a_backup.write_text('{"hello": "world"}')
+    node = cluster.node("restore")
+    node.start(None, "-restore", str(not_a_backup))
+    assert node.process.wait(30) != 0
+    assert "not an hraftd backup" in node.log()
+    assert not any(node.data_dir.iterdir())
+    backup = tmp_path / "backup.json"
+    backup.write_text('{"format": "hraftd-backup", "version": 1, "data": {"k": [1]}}')
+    node.start(None, "-restore", str(backup)).wait_ready()
+    assert node.value("k") == [1]
