@@ -15,6 +15,7 @@ and a snapshot is fsynced before the log entries it replaces are dropped.
 
 from __future__ import annotations
 
+import mmap
 import os
 import time
 from bisect import bisect_left
@@ -66,14 +67,20 @@ class DurableMetaStorer(MetaStorer):
 
 
 class DurableJournal:
-    """PySyncObj's file journal, plus ``sync()``: one msync for everything appended since the last one."""
+    """PySyncObj's file journal, plus ``sync()``: one msync for everything appended since the last one.
+
+    Only the pages written since the last sync are synced (and the header page, which holds the end of the
+    log): msync of the whole mapping costs in proportion to the file, which doubles as it grows.
+    """
 
     def __init__(self, inner: FileJournal, snapshot_path: str) -> None:
         self._inner = inner
         self._snapshot_path = snapshot_path
         meta_path = inner._FileJournal__metaStorer.getPath()
         inner._FileJournal__metaStorer = DurableMetaStorer(meta_path)
+        self._file = inner._FileJournal__journalFile
         self._dirty = True  # entries may have been added before this wrapper was installed
+        self._dirty_from = 0  # lowest file offset written since the last sync
         self.sync_count = 0
         self.synced_index = 0  # the raft index of the last entry known to be on disk
         self.sync_latency = LatencyHistogram()
@@ -85,30 +92,48 @@ class DurableJournal:
         self._dirty = False
         last_index = self._inner[-1][1] if len(self._inner) else 0
         started = time.perf_counter()
-        self._inner.flush()  # msync(MS_SYNC) of the mapping
+        self._flush_written_pages()
         self.sync_latency.observe(time.perf_counter() - started)
         self.synced_index = last_index
         self.sync_count += 1
         return True
 
-    def add(self, command: bytes, idx: int, term: int) -> None:
-        self._inner.add(command, idx, term)
+    def _flush_written_pages(self) -> None:
+        mapping = self._file._ResizableFile__mm
+        end = min(self._end_offset(), mapping.size())
+        start = self._dirty_from - self._dirty_from % mmap.PAGESIZE
+        if start > 0:
+            mapping.flush(0, mmap.PAGESIZE)  # the header: where the log ends
+        if end > start:
+            mapping.flush(start, end - start)  # msync(MS_SYNC)
+        self._dirty_from = end
+
+    def _end_offset(self) -> int:
+        return self._inner._FileJournal__currentOffset
+
+    def _written_from(self, offset: int) -> None:
         self._dirty = True
+        self._dirty_from = min(self._dirty_from, offset)
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        offset = self._end_offset()
+        self._inner.add(command, idx, term)
+        self._written_from(offset)
 
     def clear(self) -> None:
         # Only a snapshot replaces the whole log: it must be on disk before the log is gone.
         self._sync_snapshot()
         self._inner.clear()
-        self._dirty = True
+        self._written_from(0)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._inner.deleteEntriesFrom(entryFrom)
-        self._dirty = True
+        self._written_from(self._end_offset())
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         self._sync_snapshot()
-        self._inner.deleteEntriesTo(entryTo)
-        self._dirty = True
+        self._inner.deleteEntriesTo(entryTo)  # rewrites the log from its start
+        self._written_from(0)
 
     def _sync_snapshot(self) -> None:
         if os.path.exists(self._snapshot_path):

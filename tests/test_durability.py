@@ -75,3 +75,50 @@ def test_opting_out_keeps_pysyncobj_as_it_is(tmp_path):
         kv.wait_ready(10)
         kv["fast"] = 1
         assert kv["fast"] == 1
+
+
+class RecordingMapping:
+    """Stands in for the journal's mmap: records which byte ranges are written and which are msynced."""
+
+    def __init__(self, mapping):
+        self._mapping = mapping
+        self.written, self.flushed = [], []
+
+    def __setitem__(self, index, value):
+        self.written.append((index.start, index.stop))
+        self._mapping[index] = value
+
+    def __getitem__(self, index):
+        return self._mapping[index]
+
+    def flush(self, offset=0, size=None):
+        self.flushed.append((offset, offset + (self._mapping.size() if size is None else size)))
+        return self._mapping.flush(offset, self._mapping.size() - offset if size is None else size)
+
+    def __getattr__(self, name):
+        return getattr(self._mapping, name)
+
+
+def test_a_sync_covers_every_byte_written_since_the_last(tmp_path):
+    from pysyncobj.journal import FileJournal
+
+    inner = FileJournal(str(tmp_path / "journal"))
+    journal = DurableJournal(inner, str(tmp_path / "snapshot"))
+    file = inner._FileJournal__journalFile
+    mapping = file._ResizableFile__mm = RecordingMapping(file._ResizableFile__mm)
+    index = 0
+    for round_ in range(60):
+        for _ in range(round_ % 7 + 1):
+            index += 1
+            journal.add(b"x" * (50 + 37 * (index % 11)), index, 1)
+        if round_ % 10 == 9:
+            journal.deleteEntriesFrom(len(journal) - 3)  # a follower's log truncated by a new leader
+        end = inner._FileJournal__currentOffset  # bytes past the log's end (deleted entries) need no sync
+        written = [(start, min(stop, end)) for start, stop in mapping.written if start < end]
+        mapping.flushed.clear()
+        assert journal.sync()
+        for start, stop in written:
+            assert any(f_start <= start and stop <= f_stop for f_start, f_stop in mapping.flushed), \
+                f"bytes {start}-{stop} were written but not synced (synced {mapping.flushed})"
+        mapping.written.clear()
+    assert not journal.sync()  # nothing new: no msync at all
