@@ -71,6 +71,28 @@ class _ResentEntriesFilter(logging.Filter):
 logging.getLogger("pysyncobj.syncobj").addFilter(_ResentEntriesFilter())
 
 
+class _BatchingSyncObj(SyncObj):
+    """PySyncObj sending new entries to followers once per tick rather than once per command.
+
+    With ``appendEntriesUseBatch=False`` PySyncObj sends an append-entries message after every command it
+    takes from its queue. Idle, that is one command and one message, at once; under load, the commands
+    queued during a tick now share one message per follower (adaptive batching).
+    """
+
+    def _checkCommandsToApply(self) -> None:
+        journal = self._SyncObj__raftLog
+        last_before = journal[-1][1]
+        self.conf.appendEntriesUseBatch = True  # read only by the per-command send, and by _applyCommand:
+        try:
+            super()._checkCommandsToApply()
+        finally:
+            self.conf.appendEntriesUseBatch = False
+        if self._SyncObj__commandsQueue._FastQueue__queue:
+            self._SyncObj__pipeNotifier.notify()  # ...which skipped waking us for commands queued meanwhile
+        if self._isLeader() and journal[-1][1] != last_before:
+            self._SyncObj__sendAppendEntries()
+
+
 def join_proof(secret: str, node_id: str, raft_addr: str) -> str:
     """What a joining node sends to show it holds the cluster secret, without sending the secret."""
     message = f"hraftd-join\n{node_id}\n{raft_addr}".encode()
@@ -204,8 +226,8 @@ class ReplicatedKV(Mapping):
             appendEntriesUseBatch=False,
         )
         transport = SyncBeforeAckTransport if fsync else TCPTransport
-        self._sync = SyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state],
-                             transportClass=transport)
+        self._sync = _BatchingSyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state],
+                                      transportClass=transport)
         if fsync:
             self._sync._SyncObj__raftLog = DurableJournal(self._sync._SyncObj__raftLog, snapshot_path)
         try:
