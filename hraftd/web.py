@@ -114,7 +114,7 @@ def create_app(
 ) -> Flask:
     """The API of one node. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak HTTPS."""
     limits = limits or Limits()
-    app = Flask("hraftd")
+    app = Flask("hraftd", static_folder=None)  # an API only: no static files for anyone
     app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
     app.url_map.converters["key"] = KeyConverter
     app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=NodeMetrics(store),
@@ -290,10 +290,20 @@ def _json_object() -> dict[str, Any]:
 
 
 def _body() -> bytes:
-    """The raw body. A chunked body (no Content-Length) is cut at MAX_CONTENT_LENGTH: treat that as too large."""
-    raw = request.get_data(cache=False)
-    if len(raw) >= _limits().max_body_bytes:
+    """The raw body, whole, or a 4xx: too large, cut short, or not decodable as HTTP chunks."""
+    try:
+        raw = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception as error:  # gunicorn's chunk parser: InvalidChunkSize, ChunkMissingTerminator, ...
+        _stop_reading_request()
+        raise BadRequest(f"the body could not be read: {type(error).__name__}", "bad_request") from None
+    if len(raw) >= _limits().max_body_bytes:  # a chunked body (no Content-Length) is cut at the limit
         raise RequestEntityTooLarge()
+    if request.content_length is not None and len(raw) != request.content_length:
+        # The client closed its side before sending all it announced: half a request is not applied.
+        _stop_reading_request()
+        raise BadRequest(f"the body has {len(raw)} of the {request.content_length} bytes announced", "bad_request")
     return raw
 
 
@@ -311,7 +321,8 @@ def _finite_float(text: str) -> float:
 def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        duplicate = next(key for i, (key, _) in enumerate(pairs) if key in dict(pairs[:i]))
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise ValueError(f"duplicate key {duplicate[:100]!r} in an object")
     return result
 
@@ -404,7 +415,10 @@ def _authorize() -> None:
 
 def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
     """Membership changes are serialized on the leader: relay the request there and its answer back."""
-    hops = int(request.headers.get(_FORWARD_HEADER, "0") or 0)
+    try:
+        hops = max(0, int(request.headers.get(_FORWARD_HEADER, "0") or 0))
+    except ValueError:  # not ours: forward no further
+        hops = _MAX_FORWARDS
     if error.leader_http_addr is None or hops >= _MAX_FORWARDS:
         raise UnavailableError(f"{error}; the leader's HTTP address is not known yet, retry") from None
     tls = current_app.config["PEER_TLS"]
