@@ -15,6 +15,7 @@ and a snapshot is fsynced before the log entries it replaces are dropped.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import time
@@ -36,6 +37,20 @@ def fsync_file(path: str) -> None:
 
 def fsync_directory_of(path: str) -> None:
     fsync_file(os.path.dirname(os.path.abspath(path)))
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.msync.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_MS_SYNC = 4  # Linux
+
+
+def _msync(mapping: Any, offset: int, size: int) -> None:
+    """msync(MS_SYNC) of part of a mapping, without the GIL (mmap.flush keeps it during the disk write,
+    stopping every request thread). Runs on the tick thread, the only one that resizes the mapping."""
+    address = ctypes.addressof(ctypes.c_char.from_buffer(mapping))  # the buffer export ends with this line
+    if _libc.msync(address + offset, size, _MS_SYNC) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"msync: {os.strerror(error)}")
 
 
 class LatencyHistogram:
@@ -103,9 +118,9 @@ class DurableJournal:
         end = min(self._end_offset(), mapping.size())
         start = self._dirty_from - self._dirty_from % mmap.PAGESIZE
         if start > 0:
-            mapping.flush(0, mmap.PAGESIZE)  # the header: where the log ends
+            _msync(mapping, 0, mmap.PAGESIZE)  # the header: where the log ends
         if end > start:
-            mapping.flush(start, end - start)  # msync(MS_SYNC)
+            _msync(mapping, start, end - start)
         self._dirty_from = end
 
     def _end_offset(self) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from hraftd import web
 from hraftd.auth import TokenFile
@@ -179,6 +180,17 @@ def _announce_when_ready(store: ReplicatedKV) -> None:
             log.debug("not ready yet: %s", error)
 
 
+class NodeLogger(Logger):
+    """gunicorn's logger, logging requests only with -access-log.
+
+    gunicorn treats any logconfig_dict as "access log on" and formats a line for every request; the
+    handler's level dropped it afterwards, at a few percent of the worker's CPU.
+    """
+
+    def _compute_access_log_enabled(self) -> bool:
+        return bool(self.cfg.accesslog)
+
+
 class NodeServer(BaseApplication):
     """gunicorn embedded in the ``hraftd`` process, with the settings a Raft node needs."""
 
@@ -200,6 +212,8 @@ class NodeServer(BaseApplication):
             "proc_name": f"hraftd {self.settings.node_id}",
             "logconfig_dict": logging_config(self.settings.node_id, self.settings.log_level,
                                              self.settings.log_json, self.settings.access_log),
+            "logger_class": NodeLogger,
+            "accesslog": "-" if self.settings.access_log else None,
         }
         if self.settings.tls_cert:
             config.update(certfile=str(self.settings.tls_cert), keyfile=str(self.settings.tls_key))

@@ -91,17 +91,22 @@ class RecordingMapping:
     def __getitem__(self, index):
         return self._mapping[index]
 
-    def flush(self, offset=0, size=None):
-        self.flushed.append((offset, offset + (self._mapping.size() if size is None else size)))
-        return self._mapping.flush(offset, self._mapping.size() - offset if size is None else size)
-
     def __getattr__(self, name):
         return getattr(self._mapping, name)
 
 
-def test_a_sync_covers_every_byte_written_since_the_last(tmp_path):
+def test_a_sync_covers_every_byte_written_since_the_last(tmp_path, monkeypatch):
     from pysyncobj.journal import FileJournal
 
+    from hraftd import durability
+
+    real_msync = durability._msync
+
+    def recording_msync(mapping, offset, size):
+        mapping.flushed.append((offset, offset + size))
+        real_msync(mapping._mapping, offset, size)
+
+    monkeypatch.setattr(durability, "_msync", recording_msync)
     inner = FileJournal(str(tmp_path / "journal"))
     journal = DurableJournal(inner, str(tmp_path / "snapshot"))
     file = inner._FileJournal__journalFile
