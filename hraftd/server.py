@@ -100,6 +100,7 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
         raise StartupError(f"{settings.data_dir} holds a single-node cluster of its own; joining {join} would "
                            "overwrite its data. Join with an empty data directory instead")
     deadline = time.monotonic() + settings.join_timeout
+
     def client(addr: str) -> Client:
         return Client(addr, timeout=max(deadline - time.monotonic(), 1.0), token=settings.auth_token,
                       ssl_context=peer_tls)
@@ -111,9 +112,10 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
                          http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
                          secret=settings.raft_secret)
     if join:
+        proof = None
+        if settings.raft_secret:
+            proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr)
         try:
-            proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr) if settings.raft_secret \
-                else None
             _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof),
                    deadline, f"join the cluster at {join}")
         except StartupError:
