@@ -72,6 +72,13 @@ class NodeMetrics:
                                  ["route", "method"], registry=self.registry,
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        # labels() validates and locks on every call; a handful of label sets recur, so look each up once.
+        children = self._children.get((route, method, status))
+        if children is None:
+            children = self.requests.labels(route, method, str(status)), self.latency.labels(route, method)
+            self._children[(route, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -10,7 +10,6 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import socket
 import ssl
 import time
@@ -25,31 +24,25 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from werkzeug.routing import BaseConverter
 
 from hraftd.auth import TokenFile, allows
-from hraftd.errors import (
-    HraftdError,
-    MembershipConflictError,
-    NotLeaderError,
-    OutcomeUnknownError,
-    UnavailableError,
-    UnknownMemberError,
-    WrongSecretError,
-)
+from hraftd.errors import HraftdError, NotLeaderError, OutcomeUnknownError, UnavailableError
+from hraftd.fastpath import KeyFastPath
 from hraftd.metrics import NodeMetrics
+from hraftd.protocol import (
+    READ_LEVELS,
+    BadRequest,
+    check_write,
+    error_document,
+    parse_json_object,
+    path_key,
+    status_of,
+)
 from hraftd.settings import Limits, normalize_addr
 
 log = logging.getLogger("hraftd.http")
 
-READ_LEVELS = ("linearizable", "stale")
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 _MAX_FORWARDS = 3
-_STATUS_OF = {
-    UnavailableError: 503,
-    NotLeaderError: 503,
-    OutcomeUnknownError: 504,
-    UnknownMemberError: 404,
-    MembershipConflictError: 409,
-    WrongSecretError: 403,
-}
 # The role each endpoint needs when tokens are configured; endpoints not named here need none.
 _ROLE_OF_ENDPOINT = {
     "api.get_key": "read",
@@ -86,15 +79,6 @@ class Store(Protocol):
     def consistent_copy(self) -> tuple[int, int, dict[str, Any]]: ...
 
 
-class BadRequest(Exception):
-    """The request is malformed; the message says how."""
-
-    def __init__(self, message: str, code: str = "bad_request", status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
 class KeyConverter(BaseConverter):
     """Any non-empty rest of the path, slashes included, also a leading one (werkzeug's path converter refuses)."""
 
@@ -117,7 +101,8 @@ def create_app(
     app = Flask("hraftd", static_folder=None)  # an API only: no static files for anyone
     app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
     app.url_map.converters["key"] = KeyConverter
-    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=NodeMetrics(store),
+    metrics = NodeMetrics(store)
+    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics,
                       MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
@@ -130,6 +115,7 @@ def create_app(
     app.register_error_handler(Exception, _unexpected_error)
     app.after_request(_add_node_headers)
     app.after_request(_count_request)
+    app.wsgi_app = KeyFastPath(app.wsgi_app, store, limits, metrics, tokens)  # type: ignore[method-assign]
     return app
 
 
@@ -144,20 +130,13 @@ def _limits() -> Limits:
 @api.post("/key")
 def set_keys() -> Response:
     items = _json_object()
-    if not items:
-        raise BadRequest("the JSON object is empty: send at least one key", "empty")
-    limits = _limits()
-    if len(items) > limits.max_keys_per_write:
-        raise BadRequest(f"{len(items)} keys in one write; the limit is {limits.max_keys_per_write}", "too_many_keys")
-    for key, value in items.items():
-        _check_key(key)
-        _check_value(key, value)
+    check_write(items, _limits())
     return jsonify(revision=_store().update(items))
 
 
 @api.get("/key/<key:key>")
 def get_key(key: str) -> Response:
-    _check_path_key(key)
+    key = path_key(request.environ.get("PATH_INFO", "")[len("/key/"):], _limits())
     level = request.args.get("level", "linearizable")
     if level not in READ_LEVELS:
         raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
@@ -176,7 +155,7 @@ def get_key(key: str) -> Response:
 
 @api.delete("/key/<key:key>")
 def delete_key(key: str) -> Response:
-    _check_path_key(key)
+    key = path_key(request.environ.get("PATH_INFO", "")[len("/key/"):], _limits())
     store = _store()
     return jsonify(deleted=store.delete(key), revision=store.revision)
 
@@ -267,7 +246,9 @@ def _start_clock() -> None:
 def _count_request(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    current_app.config["METRICS"].observe(route, request.method, response.status_code, seconds)
+    # A label set per made-up method would grow the metrics without bound.
+    method = request.method if request.method in _HTTP_METHODS else "OTHER"
+    current_app.config["METRICS"].observe(route, method, response.status_code, seconds)
     return response
 
 
@@ -276,17 +257,7 @@ def _count_request(response: Response) -> Response:
 
 def _json_object() -> dict[str, Any]:
     """The body as a JSON object, whatever the Content-Type says (``curl -d`` sends a form type)."""
-    raw = _body()
-    try:
-        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float,
-                          object_pairs_hook=_object_without_duplicates)
-    except RecursionError:
-        raise BadRequest("the JSON is nested too deeply", "bad_json") from None
-    except ValueError as error:
-        raise BadRequest(f"the body is not valid JSON: {error}", "bad_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}", "not_an_object")
-    return body
+    return parse_json_object(_body())
 
 
 def _body() -> bytes:
@@ -305,70 +276,6 @@ def _body() -> bytes:
         _stop_reading_request()
         raise BadRequest(f"the body has {len(raw)} of the {request.content_length} bytes announced", "bad_request")
     return raw
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"the number {text[:20]}... is too large for a double")
-    return number
-
-
-def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"duplicate key {duplicate[:100]!r} in an object")
-    return result
-
-
-def _check_key(key: str, status: int = 400) -> None:
-    """Keys: non-empty, valid UTF-8 (no lone surrogates), no control characters, at most max_key_bytes."""
-    try:
-        size = len(key.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise BadRequest("keys must be valid UTF-8 (a lone surrogate is not)", "bad_key") from None
-    if size == 0:
-        raise BadRequest("keys must be non-empty strings", "bad_key")
-    if size > _limits().max_key_bytes:
-        raise BadRequest(f"a key of {size} bytes; the limit is {_limits().max_key_bytes}", "key_too_long", status)
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
-        raise BadRequest("keys must not contain control characters", "bad_key")
-
-
-def _check_path_key(key: str) -> None:
-    # WSGI hands the path over as latin-1; werkzeug would turn invalid UTF-8 into U+FFFD silently.
-    try:
-        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
-    _check_key(key, status=414)
-
-
-def _check_value(key: str, value: Any) -> None:
-    limits = _limits()
-    if _depth(value, limits.max_depth) > limits.max_depth:
-        raise BadRequest(f"the value of {key[:100]!r} is nested deeper than {limits.max_depth}", "value_too_deep")
-    try:
-        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    except (TypeError, ValueError):  # cannot happen for parsed JSON; kept as a guard for the message
-        raise BadRequest(f"the value of {key[:100]!r} is not JSON", "bad_value") from None
-    if size > limits.max_value_bytes:
-        raise BadRequest(f"the value of {key[:100]!r} has {size} bytes; the limit is {limits.max_value_bytes}",
-                         "value_too_large")
-
-
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON value, counting no further than ``limit + 1``."""
-    if limit < 0 or not isinstance(value, (dict, list)):
-        return 0
-    children = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
 
 
 def _string_field(body: dict[str, Any], name: str) -> str:
@@ -449,18 +356,12 @@ def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    response = jsonify(error=message, code=code)
-    response.status_code = status
-    if status == 503:
-        response.headers["Retry-After"] = "1"
-    if status == 401:
-        response.headers["WWW-Authenticate"] = 'Bearer realm="hraftd"'
-    return response
+    body, headers = error_document(status, code, message)
+    return Response(body, status=status, headers=headers, mimetype="application/json")
 
 
 def _store_error(error: HraftdError) -> Response:
-    status = next((code for kind, code in _STATUS_OF.items() if isinstance(error, kind)), 500)
-    return _error(status, error.code, str(error))
+    return _error(status_of(error), error.code, str(error))
 
 
 def _http_error(error: HTTPException) -> Response:

@@ -39,6 +39,7 @@ FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
 RULE_HEADER = "X-Test-Rule"  # the route the app matched, recorded by the test app (empty: none)
 ENDPOINT_HEADER = "X-Test-Endpoint"
+FAST_PATH_ROUTES = {"GET": ("/key/<key:key>", "api.get_key"), "POST": ("/key", "api.set_keys")}
 
 MARK = "\u2603"  # the protected keys start with it; the fuzzer never generates it
 PROTECTED = {
@@ -340,6 +341,18 @@ def recording_app(store: Any, **options: Any) -> Any:
         response.headers[ENDPOINT_HEADER] = request.endpoint or ""
         return response
 
+    fast_path = app.wsgi_app  # answers GET /key/<key> and POST /key itself, without Flask and its hooks
+
+    def record_fast_path_route(environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not any(name == RULE_HEADER for name, _ in headers):
+                rule, endpoint = FAST_PATH_ROUTES[environ["REQUEST_METHOD"]]
+                headers = [*headers, (RULE_HEADER, rule), (ENDPOINT_HEADER, endpoint)]
+            return start_response(status, headers, exc_info)
+
+        return fast_path(environ, start)
+
+    app.wsgi_app = record_fast_path_route
     return app
 
 

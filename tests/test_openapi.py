@@ -12,7 +12,7 @@ import yaml
 from openapi_spec_validator import validate
 from werkzeug import exceptions
 
-from hraftd import errors, web
+from hraftd import errors, fastpath, protocol, web
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
@@ -142,9 +142,10 @@ def app_endpoints() -> dict[tuple[str, str], str]:
 def source_codes() -> set[str]:
     """Every error code the source can put in a body."""
     codes: set[str] = set()
-    tree = ast.parse(Path(web.__file__).read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("BadRequest", "_error"):
+    sources = (Path(module.__file__).read_text() for module in (web, protocol, fastpath))
+    for node in (node for source in sources for node in ast.walk(ast.parse(source))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
+                "BadRequest", "_error", "error_document"):
             code = node.args[1] if len(node.args) > 1 else next(
                 (k.value for k in node.keywords if k.arg == "code"), None)
             if isinstance(code, ast.Constant) and isinstance(code.value, str):

@@ -44,6 +44,9 @@ def test_metrics(cluster):
     for i in range(5):
         assert follower.set({f"m{i}": i}).status_code == 200
     follower.get("m1")
+    assert requests.post(f"{follower.url}/key", data="{", timeout=5).status_code == 400
+    for method in ("FROBNICATE", "FROBNICATED"):  # made up: counted under one label, not one label set each
+        assert requests.request(method, f"{follower.url}/status", timeout=5).status_code == 405
     values = metric_values(follower)
     assert values[("hraftd_raft_leader", ())] == 0
     assert values[("hraftd_raft_role", (("role", "follower"),))] == 1
@@ -52,6 +55,8 @@ def test_metrics(cluster):
     assert values[("hraftd_raft_term", ())] >= 1
     assert values[("hraftd_raft_leader_changes_total", ())] >= 1
     assert values[("hraftd_http_requests_total", (("method", "POST"), ("route", "/key"), ("status", "200")))] == 5
+    assert values[("hraftd_http_requests_total", (("method", "POST"), ("route", "/key"), ("status", "400")))] == 1
+    assert values[("hraftd_http_requests_total", (("method", "OTHER"), ("route", "unmatched"), ("status", "405")))] == 2
     assert values[("hraftd_http_request_duration_seconds_count", (("method", "GET"), ("route", "/key/<key:key>")))] \
         == 1
     assert values[("hraftd_fsync_duration_seconds_count", ())] >= 5

@@ -1,0 +1,154 @@
+"""The rules of the HTTP API that do not depend on a web framework: what a valid request body, key and value
+are, and what an error answer looks like.
+
+Both the Flask app (``hraftd.web``) and the fast path for the hot requests (``hraftd.fastpath``) use these, so
+a rule or an error document has one definition.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hraftd.errors import (
+    HraftdError,
+    MembershipConflictError,
+    NotLeaderError,
+    OutcomeUnknownError,
+    UnavailableError,
+    UnknownMemberError,
+    WrongSecretError,
+)
+from hraftd.settings import Limits
+
+READ_LEVELS = ("linearizable", "stale")
+_STATUS_OF = {
+    UnavailableError: 503,
+    NotLeaderError: 503,
+    OutcomeUnknownError: 504,
+    UnknownMemberError: 404,
+    MembershipConflictError: 409,
+    WrongSecretError: 403,
+}
+
+
+class BadRequest(Exception):
+    """The request is malformed; the message says how."""
+
+    def __init__(self, message: str, code: str = "bad_request", status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def status_of(error: HraftdError) -> int:
+    return next((status for kind, status in _STATUS_OF.items() if isinstance(error, kind)), 500)
+
+
+def error_document(status: int, code: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and the extra headers of an error answer."""
+    headers = []
+    if status == 503:
+        headers.append(("Retry-After", "1"))
+    if status == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="hraftd"'))
+    return json_body({"error": message, "code": code}), headers
+
+
+def json_body(document: Any) -> bytes:
+    """A JSON answer's body, byte for byte what ``flask.jsonify`` makes (compact, ASCII, one newline)."""
+    return (json.dumps(document, separators=(",", ":")) + "\n").encode()
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Strict JSON: no NaN or Infinity, no number that overflows a double, no duplicate keys; an object."""
+    try:
+        body = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_object_without_duplicates)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply", "bad_json") from None
+    except ValueError as error:
+        raise BadRequest(f"the body is not valid JSON: {error}", "bad_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"the body must be a JSON object, not {type(body).__name__}", "not_an_object")
+    return body
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text[:20]}... is too large for a double")
+    return number
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {duplicate[:100]!r} in an object")
+    return result
+
+
+def check_write(items: dict[str, Any], limits: Limits) -> None:
+    """A write: at least one key, not too many, and every key and value within the limits."""
+    if not items:
+        raise BadRequest("the JSON object is empty: send at least one key", "empty")
+    if len(items) > limits.max_keys_per_write:
+        raise BadRequest(f"{len(items)} keys in one write; the limit is {limits.max_keys_per_write}", "too_many_keys")
+    for key, value in items.items():
+        check_key(key, limits)
+        _check_value(key, value, limits)
+
+
+def check_key(key: str, limits: Limits, status: int = 400) -> None:
+    """Keys: non-empty, valid UTF-8 (no lone surrogates), no control characters, at most max_key_bytes."""
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadRequest("keys must be valid UTF-8 (a lone surrogate is not)", "bad_key") from None
+    if size == 0:
+        raise BadRequest("keys must be non-empty strings", "bad_key")
+    if size > limits.max_key_bytes:
+        raise BadRequest(f"a key of {size} bytes; the limit is {limits.max_key_bytes}", "key_too_long", status)
+    if not key.isprintable() and any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+        raise BadRequest("keys must not contain control characters", "bad_key")
+
+
+def path_key(path: str, limits: Limits) -> str:
+    """The key of a ``/key/<key>`` path as WSGI gives it (latin-1), checked like a key in a body, with the
+    status 414 for one too long for a URL."""
+    # werkzeug would turn invalid UTF-8 into U+FFFD silently.
+    try:
+        key = path.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
+    check_key(key, limits, status=414)
+    return key
+
+
+def _check_value(key: str, value: Any, limits: Limits) -> None:
+    if _depth(value, limits.max_depth) > limits.max_depth:
+        raise BadRequest(f"the value of {key[:100]!r} is nested deeper than {limits.max_depth}", "value_too_deep")
+    if isinstance(value, str) and 6 * len(value) + 2 <= limits.max_value_bytes:
+        return  # fits without encoding it: in JSON a character takes at most 6 bytes (an escape like \u001f)
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    except (TypeError, ValueError):  # cannot happen for parsed JSON; kept as a guard for the message
+        raise BadRequest(f"the value of {key[:100]!r} is not JSON", "bad_value") from None
+    if size > limits.max_value_bytes:
+        raise BadRequest(f"the value of {key[:100]!r} has {size} bytes; the limit is {limits.max_value_bytes}",
+                         "value_too_large")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, counting no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
