@@ -25,6 +25,11 @@ class TokenFile:
         if not self._tokens:
             raise ValueError(f"{path} names no token")
 
+    def role_of_authorization(self, header: str) -> str | None:
+        """The role of the bearer token in an ``Authorization`` header's value, or None."""
+        scheme, _, token = header.partition(" ")
+        return self.role_of(token.strip()) if scheme.lower() == "bearer" else None
+
     def role_of(self, token: str) -> str | None:
         """The role of ``token``, or None; compares against every token in constant time."""
         found = None

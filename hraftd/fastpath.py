@@ -18,7 +18,16 @@ from typing import Any, Protocol
 
 from hraftd.auth import TokenFile, allows
 from hraftd.errors import HraftdError
-from hraftd.protocol import BadRequest, check_write, error_document, json_body, parse_json_object, path_key, status_of
+from hraftd.protocol import (
+    BadRequest,
+    check_write,
+    error_document,
+    internal_error_message,
+    json_body,
+    parse_json_object,
+    path_key,
+    status_of,
+)
 from hraftd.settings import Limits
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -65,6 +74,9 @@ class KeyFastPath:
         except HraftdError as error:
             body, headers = error_document(status_of(error), error.code, str(error))
             answer = status_of(error), body, headers, str(self._store.applied_index)
+        except Exception:
+            body, headers = error_document(500, "internal", internal_error_message(method, path))
+            answer = 500, body, headers, str(self._store.applied_index)
         if answer is None:
             return self._app(environ, start_response)
         status, body, headers, index = answer
@@ -78,8 +90,7 @@ class KeyFastPath:
     def _allowed(self, environ: dict[str, Any], needed: str) -> bool:
         if self._tokens is None:
             return True
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        role = self._tokens.role_of(token.strip()) if scheme.lower() == "bearer" else None
+        role = self._tokens.role_of_authorization(environ.get("HTTP_AUTHORIZATION", ""))
         return role is not None and allows(role, needed)
 
     def _get(self, environ: dict[str, Any]) -> Answer | None:
@@ -89,8 +100,6 @@ class KeyFastPath:
         try:
             key = path_key(environ["PATH_INFO"][len(_KEY_PREFIX):], self._limits)
         except BadRequest:
-            return None
-        if not key.isprintable():  # werkzeug's route does not match every character; let it decide
             return None
         store = self._store
         store.sync_reads(level)
@@ -104,7 +113,7 @@ class KeyFastPath:
 
     def _post(self, environ: dict[str, Any]) -> Answer | None:
         length = environ.get("CONTENT_LENGTH", "")
-        if not length.isdigit() or int(length) >= self._limits.max_body_bytes:
+        if not length.isdecimal() or int(length) >= self._limits.max_body_bytes:
             return None
         try:
             raw = environ["wsgi.input"].read(int(length))

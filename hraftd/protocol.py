@@ -8,7 +8,9 @@ a rule or an error document has one definition.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import uuid
 from typing import Any
 
 from hraftd.errors import (
@@ -21,6 +23,8 @@ from hraftd.errors import (
     WrongSecretError,
 )
 from hraftd.settings import Limits
+
+log = logging.getLogger("hraftd.http")
 
 READ_LEVELS = ("linearizable", "stale")
 _STATUS_OF = {
@@ -54,6 +58,13 @@ def error_document(status: int, code: str, message: str) -> tuple[bytes, list[tu
     if status == 401:
         headers.append(("WWW-Authenticate", 'Bearer realm="hraftd"'))
     return json_body({"error": message, "code": code}), headers
+
+
+def internal_error_message(method: str, path: str) -> str:
+    """Log the exception being handled under a new request id; the message for the client names only the id."""
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("unexpected error, request id %s: %s %s", request_id, method, path)
+    return f"internal error; the node's log has the details under request id {request_id}"
 
 
 def json_body(document: Any) -> bytes:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import socket
 import ssl
 import time
 import urllib.error
 import urllib.request
-import uuid
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -32,13 +30,12 @@ from hraftd.protocol import (
     BadRequest,
     check_write,
     error_document,
+    internal_error_message,
     parse_json_object,
     path_key,
     status_of,
 )
 from hraftd.settings import Limits, normalize_addr
-
-log = logging.getLogger("hraftd.http")
 
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -309,8 +306,7 @@ def _authorize() -> None:
     needed = _ROLE_OF_ENDPOINT.get(request.endpoint or "", "read" if request.url_rule is None else None)
     if tokens is None or needed is None:
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    role = tokens.role_of(token.strip()) if scheme.lower() == "bearer" else None
+    role = tokens.role_of_authorization(request.headers.get("Authorization", ""))
     if role is None:
         raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
     if not allows(role, needed):
@@ -386,9 +382,7 @@ def _stop_reading_request() -> None:
 
 
 def _unexpected_error(error: Exception) -> Response:
-    request_id = uuid.uuid4().hex[:12]
-    log.exception("unexpected error, request id %s: %s %s", request_id, request.method, request.path)
-    return _error(500, "internal", f"internal error; the node's log has the details under request id {request_id}")
+    return _error(500, "internal", internal_error_message(request.method, request.path))
 
 
 def _add_node_headers(response: Response) -> Response:
