@@ -303,8 +303,10 @@ def _protect_threads(worker: Any, settings: NodeSettings) -> None:
 
     def guarded_enqueue_req(conn: Any) -> None:
         nonlocal waiting
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        if not getattr(conn, "hraftd_timeouts_set", False):  # once per connection: this runs on the main loop
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+            conn.hraftd_timeouts_set = True
         with lock:
             refuse = waiting >= settings.max_pending
             waiting += 0 if refuse else 1
