@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjException
+from pysyncobj.monotonic import monotonic
 from pysyncobj.transport import TCPTransport
 
 from hraftd.durability import DurableJournal, SyncBeforeAckTransport, fsync_directory_of
@@ -72,7 +73,8 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_ResentEntriesFilter())
 
 
 class _BatchingSyncObj(SyncObj):
-    """PySyncObj sending new entries to followers once per tick rather than once per command.
+    """PySyncObj sending new entries to followers once per tick rather than once per command, and waiting a
+    full election timeout after loading its snapshot.
 
     With ``appendEntriesUseBatch=False`` PySyncObj sends an append-entries message after every command it
     takes from its queue. Idle, that is one command and one message, at once; under load, the commands
@@ -91,6 +93,17 @@ class _BatchingSyncObj(SyncObj):
             self._SyncObj__pipeNotifier.notify()  # ...which skipped waking us for commands queued meanwhile
         if self._isLeader() and journal[-1][1] != last_before:
             self._SyncObj__sendAppendEntries()
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        """Load the snapshot, then give the leader a full election timeout to be heard.
+
+        PySyncObj sets the first election deadline when the node is built and loads the snapshot later, on
+        the first tick. A large snapshot takes longer to load than an election timeout (about 1 s for 1M
+        keys), so a restarted follower used to call an election the moment it connected, and took the
+        leadership from a healthy leader. Waiting for a leader is always safe in Raft.
+        """
+        super()._SyncObj__loadDumpFile(clearJournal)
+        self._SyncObj__raftElectionDeadline = monotonic() + self._SyncObj__generateRaftTimeout()
 
 
 def join_proof(secret: str, node_id: str, raft_addr: str) -> str:

@@ -1,7 +1,12 @@
 """ReplicatedKV in-process: three real Raft nodes in this test process, used like a dict."""
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
 import pytest
 from nodes import free_port, wait_for
+from pysyncobj.serializer import Serializer
 
 from hraftd import STALE, OutcomeUnknownError, ReplicatedKV, UnavailableError
 
@@ -110,3 +115,44 @@ def test_values_read_are_copies_that_cannot_change_the_state(trio):
     mine["list"].append(2)
     b.snapshot()["shared"]["list"].append(3)
     assert b.get("shared", level=STALE) == {"list": [1]}
+
+
+def test_a_node_restarting_from_a_slow_snapshot_leaves_the_leader_alone(tmp_path, monkeypatch):
+    """A big snapshot takes longer to load than an election timeout: the node must then wait for the leader,
+    not call an election and take over a healthy cluster (it did: PySyncObj's first deadline predates the load).
+    """
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
+    dirs = [tmp_path / f"kv{i}" for i in range(3)]
+
+    def open_kv(i: int) -> ReplicatedKV:
+        return ReplicatedKV(addrs[i], [a for a in addrs if a != addrs[i]], data_dir=dirs[i])
+
+    kvs = [open_kv(i) for i in range(3)]
+    try:
+        for kv in kvs:
+            kv.wait_ready(20)
+        with ThreadPoolExecutor(8) as pool:  # past 5,000 entries every node compacts its log into a snapshot
+            list(pool.map(lambda i: kvs[i % 3].update({f"k{i % 100}": i}), range(5100)))
+        follower = next(i for i, kv in enumerate(kvs) if not kv.is_leader())
+        wait_for(lambda: (dirs[follower] / "raft.snapshot").exists(), 30, "the follower's snapshot")
+        leader = next(kv for kv in kvs if kv.is_leader())
+        term = leader.status()["term"]
+        kvs[follower].close()
+
+        load = Serializer.deserialize
+
+        def slow_load(self: Serializer) -> Any:
+            time.sleep(2.0)  # longer than the longest election timeout (1.4 s)
+            return load(self)
+
+        monkeypatch.setattr(Serializer, "deserialize", slow_load)
+        kvs[follower] = open_kv(follower)
+        kvs[follower].wait_ready(30)
+        assert kvs[follower].snapshot(level=STALE) == leader.snapshot()
+        deadline = time.monotonic() + 2.0  # a late election would come within one more election timeout
+        while time.monotonic() < deadline:
+            assert leader.is_leader() and leader.status()["term"] == term, "the restarted node took over"
+            time.sleep(0.05)
+    finally:
+        for kv in kvs:
+            kv.close()
