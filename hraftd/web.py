@@ -2,6 +2,8 @@
 
 Handlers parse and validate, call the store, and leave every error to the handlers registered once in
 ``create_app``. The app needs only the small ``Store`` interface below, so it is read and tested apart.
+The plain form of the two hot requests, ``GET /key/<key>`` and ``POST /key``, is answered in front of Flask
+by ``hraftd.fastpath`` with the same rules (``hraftd.protocol``); everything else reaches these handlers.
 """
 
 from __future__ import annotations
