@@ -72,9 +72,46 @@ class _ResentEntriesFilter(logging.Filter):
 logging.getLogger("pysyncobj.syncobj").addFilter(_ResentEntriesFilter())
 
 
+class _EchoedSends:
+    """Transport mixin: every append-entries a node sends carries a sequence number, and every answer to one
+    carries the number of the message it answers (see ``_BatchingSyncObj``'s leader reads)."""
+
+    def send(self, node: Any, message: Any) -> bool:
+        if isinstance(message, dict):
+            kind = message.get("type")
+            if kind == "append_entries":
+                message[_SEQ] = self._syncObj.next_append_seq()  # type: ignore[attr-defined]
+            elif kind == "next_node_idx" and self._syncObj.answering_seq is not None:  # type: ignore[attr-defined]
+                message[_SEQ] = self._syncObj.answering_seq  # type: ignore[attr-defined]
+        return super().send(node, message)  # type: ignore[misc]
+
+
+class _EchoedTCPTransport(_EchoedSends, TCPTransport):
+    pass
+
+
+class _EchoedSyncBeforeAckTransport(_EchoedSends, SyncBeforeAckTransport):
+    pass
+
+
+class _LeaderRead:
+    """One round of leadership confirmation for the reads that arrived before it began."""
+
+    def __init__(self, callback: Callable[[Any, Any], None], barrier: Callable[[Callable[[Any, Any], None]], None],
+                 term: int, read_index: int, after_seq: int) -> None:
+        self.callback = callback
+        self.barrier = barrier
+        self.term = term
+        self.read_index = read_index
+        self.after_seq = after_seq  # answers to append-entries numbered above this were sent after it began
+        self.started = time.monotonic()
+        self.confirmed = False
+
+
 class _BatchingSyncObj(SyncObj):
-    """PySyncObj sending new entries to followers once per tick rather than once per command, and waiting a
-    full election timeout after loading its snapshot.
+    """PySyncObj sending new entries to followers once per tick rather than once per command, confirming
+    leadership for linearizable reads without a log entry, and waiting a full election timeout after loading
+    its snapshot.
 
     With ``appendEntriesUseBatch=False`` PySyncObj sends an append-entries message after every command it
     takes from its queue. Idle, that is one command and one message, at once; under load, the commands
@@ -93,6 +130,81 @@ class _BatchingSyncObj(SyncObj):
             self._SyncObj__pipeNotifier.notify()  # ...which skipped waking us for commands queued meanwhile
         if self._isLeader() and journal[-1][1] != last_before:
             self._SyncObj__sendAppendEntries()
+        self._start_leader_reads()
+
+    # ----- linearizable reads on the leader: Raft's ReadIndex (Ongaro's thesis, section 6.4) -----
+    #
+    # A read that arrived at time T may return the state at commit index C, read after T, once (1) this leader
+    # has committed an entry of its own term (its no-op), so C covers every write acknowledged before T, and
+    # (2) a majority answered append-entries sent after T, so no leader of a later term can have committed
+    # anything before T, and (3) C is applied. For (2) each append-entries carries a sequence number that the
+    # follower's answer echoes; a follower answers only messages of its current term or newer, so a deposed
+    # leader gets no answers. A round not confirmed within _LEADER_READ_PATIENCE (a follower that does not
+    # echo, an overloaded node, a partition) falls back to a barrier entry, the slower way to the same answer.
+
+    answering_seq: int | None = None  # set while an append-entries is being processed
+
+    def next_append_seq(self) -> int:
+        self.__dict__["_append_seq"] = self.__dict__.get("_append_seq", 0) + 1
+        return self.__dict__["_append_seq"]
+
+    def request_leader_read(self, callback: Callable[[Any, Any], None],
+                            barrier: Callable[[Callable[[Any, Any], None]], None]) -> None:
+        """From any thread: call ``callback(None, error)`` on the tick thread once a read arriving now may be
+        served locally (error ``FAIL_REASON.SUCCESS``), or when it may not (another error). A node that is
+        not a leader with a committed entry of its term by then calls ``barrier(callback)`` instead."""
+        self.__dict__.setdefault("_leader_read_requests", []).append((callback, barrier))
+        self._SyncObj__pipeNotifier.notify()
+
+    def _start_leader_reads(self) -> None:
+        requests = self.__dict__.get("_leader_read_requests")
+        while requests:
+            callback, barrier = requests.pop(0)
+            commit_index, noop_index = self._SyncObj__raftCommitIndex, self._SyncObj__noopIDx
+            if not self._isLeader() or noop_index is None or commit_index < noop_index:
+                barrier(callback)
+                continue
+            self.__dict__.setdefault("_leader_reads", []).append(_LeaderRead(
+                callback, barrier, self._SyncObj__raftCurrentTerm, commit_index, self.__dict__.get("_append_seq", 0)))
+            self._SyncObj__sendAppendEntries()
+        self._finish_leader_reads()
+
+    def _finish_leader_reads(self) -> None:
+        rounds = self.__dict__.get("_leader_reads")
+        if not rounds:
+            return
+        echoed = self.__dict__.setdefault("_echoed_seq", {})
+        still_leader = self._isLeader()
+        voters = self._SyncObj__otherNodes
+        now = time.monotonic()
+        for round_ in list(rounds):
+            if not still_leader or self._SyncObj__raftCurrentTerm != round_.term:
+                rounds.remove(round_)
+                round_.callback(None, FAIL_REASON.LEADER_CHANGED)
+                continue
+            if not round_.confirmed:
+                acks = 1 + sum(1 for node in voters if echoed.get(node, 0) > round_.after_seq)
+                round_.confirmed = acks > (len(voters) + 1) / 2
+            if not round_.confirmed and now - round_.started > _LEADER_READ_PATIENCE:
+                rounds.remove(round_)
+                round_.barrier(round_.callback)
+                continue
+            if round_.confirmed and self._SyncObj__raftLastApplied >= round_.read_index:
+                rounds.remove(round_)
+                round_.callback(None, FAIL_REASON.SUCCESS)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            self.answering_seq = message.get(_SEQ)
+        try:
+            super()._SyncObj__onMessageReceived(node, message)
+        finally:
+            self.answering_seq = None
+        if kind == "next_node_idx" and isinstance(message.get(_SEQ), int):
+            echoed = self.__dict__.setdefault("_echoed_seq", {})
+            echoed[node] = max(echoed.get(node, 0), message[_SEQ])
+            self._finish_leader_reads()
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
         """Load the snapshot, then give the leader a full election timeout to be heard.
@@ -104,6 +216,10 @@ class _BatchingSyncObj(SyncObj):
         """
         super()._SyncObj__loadDumpFile(clearJournal)
         self._SyncObj__raftElectionDeadline = monotonic() + self._SyncObj__generateRaftTimeout()
+
+
+_SEQ = "hraftd_seq"  # the field of append-entries and of their answers that leader reads rely on
+_LEADER_READ_PATIENCE = 0.5  # seconds a leader read waits for a quorum's answers before using a barrier
 
 
 def join_proof(secret: str, node_id: str, raft_addr: str) -> str:
@@ -143,9 +259,10 @@ class _BarrierRound(_Call):
 
 
 class _ReadBarrier:
-    """Linearizable reads with at most one barrier entry in flight per node.
+    """Linearizable reads with at most one round in flight per node: on the leader a confirmation by a
+    quorum's answers (no log entry), elsewhere a barrier entry.
 
-    A reader may only rely on a barrier issued after its read arrived: it joins the round that will start
+    A reader may only rely on a round issued after its read arrived: it joins the round that will start
     next, never the one already in flight. When a round completes, the next one starts at once.
     """
 
@@ -238,7 +355,7 @@ class ReplicatedKV(Mapping):
             # Send each entry at once (~3 ms a write) instead of at the next heartbeat (~170 ms).
             appendEntriesUseBatch=False,
         )
-        transport = SyncBeforeAckTransport if fsync else TCPTransport
+        transport = _EchoedSyncBeforeAckTransport if fsync else _EchoedTCPTransport
         self._sync = _BatchingSyncObj(self_addr, sorted(known_peers), conf=conf, consumers=[self._state],
                                       transportClass=transport)
         if fsync:
@@ -255,10 +372,20 @@ class ReplicatedKV(Mapping):
         self.snapshots = 0
         self.snapshot_seconds = 0.0
         self._sync.addOnTickCallback(self._on_tick)
-        self._barrier = _ReadBarrier(lambda cb: self._state.barrier(callback=cb), give_up_after=timeout)
+        self._barrier = _ReadBarrier(self._issue_read_round, give_up_after=timeout)
         self._closed = False
 
     # ----- lifecycle -----
+
+    def _issue_read_round(self, callback: Callable[[Any, Any], None]) -> None:
+        """Start one round that lets every read that arrived before it be answered from this node's state."""
+        def barrier(callback: Callable[[Any, Any], None]) -> None:
+            self._state.barrier(callback=callback)
+
+        if self._sync._isLeader():
+            self._sync.request_leader_read(callback, barrier)
+        else:
+            barrier(callback)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until this node knows a leader and has applied everything committed before the call."""

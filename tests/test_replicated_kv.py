@@ -156,3 +156,30 @@ def test_a_node_restarting_from_a_slow_snapshot_leaves_the_leader_alone(tmp_path
     finally:
         for kv in kvs:
             kv.close()
+
+
+def test_linearizable_reads_on_the_leader_need_no_log_entry_and_on_a_follower_a_barrier(trio):
+    leader = next(kv for kv in trio if kv.is_leader())
+    follower = next(kv for kv in trio if not kv.is_leader())
+    leader.update({"read-index": 1})
+    wait_for(lambda: all(kv.applied_index == leader.applied_index for kv in trio), 10, "the nodes to catch up")
+    before = leader.applied_index
+    for _ in range(20):
+        assert leader.read("read-index") == 1
+    assert leader.applied_index == before  # confirmed by a quorum's answers, not by an entry
+    assert follower.read("read-index") == 1
+    assert leader.applied_index > before  # a follower's read still commits a barrier entry on the leader
+
+
+def test_a_leader_read_whose_confirmation_never_comes_falls_back_to_a_barrier(trio, monkeypatch):
+    """E.g. followers of an older release that do not echo the sequence numbers: slower, still correct."""
+    from hraftd import store
+
+    leader = next(kv for kv in trio if kv.is_leader())
+    leader.update({"fallback": 1})
+    monkeypatch.setattr(store._BatchingSyncObj, "next_append_seq", lambda self: 0)  # no answer ever confirms
+    before = leader.applied_index
+    started = time.monotonic()
+    assert leader.read("fallback") == 1
+    assert time.monotonic() - started >= store._LEADER_READ_PATIENCE
+    assert leader.applied_index > before
