@@ -139,14 +139,20 @@ class _BatchingSyncObj(SyncObj):
     # (2) a majority answered append-entries sent after T, so no leader of a later term can have committed
     # anything before T, and (3) C is applied. For (2) each append-entries carries a sequence number that the
     # follower's answer echoes; a follower answers only messages of its current term or newer, so a deposed
-    # leader gets no answers. A round not confirmed within _LEADER_READ_PATIENCE (a follower that does not
-    # echo, an overloaded node, a partition) falls back to a barrier entry, the slower way to the same answer.
+    # leader gets no answers. The number is tagged with a random id of this process, so an answer to a
+    # message of an earlier run of this node never counts. A round not confirmed within
+    # _LEADER_READ_PATIENCE (a follower that does not echo, an overloaded node, a partition) falls back to a
+    # barrier entry, the slower way to the same answer.
 
-    answering_seq: int | None = None  # set while an append-entries is being processed
+    answering_seq: Any = None  # set while an append-entries is being processed
 
-    def next_append_seq(self) -> int:
+    def next_append_seq(self) -> tuple[bytes, int]:
+        """(this process's random id, a number): an answer sent to an earlier run of this node never counts."""
         self.__dict__["_append_seq"] = self.__dict__.get("_append_seq", 0) + 1
-        return self.__dict__["_append_seq"]
+        return self._incarnation(), self.__dict__["_append_seq"]
+
+    def _incarnation(self) -> bytes:
+        return self.__dict__.setdefault("_incarnation_id", os.urandom(8))
 
     def request_leader_read(self, callback: Callable[[Any, Any], None],
                             barrier: Callable[[Callable[[Any, Any], None]], None]) -> None:
@@ -201,9 +207,10 @@ class _BatchingSyncObj(SyncObj):
             super()._SyncObj__onMessageReceived(node, message)
         finally:
             self.answering_seq = None
-        if kind == "next_node_idx" and isinstance(message.get(_SEQ), int):
+        echo = message.get(_SEQ) if kind == "next_node_idx" else None
+        if isinstance(echo, tuple) and len(echo) == 2 and echo[0] == self._incarnation() and isinstance(echo[1], int):
             echoed = self.__dict__.setdefault("_echoed_seq", {})
-            echoed[node] = max(echoed.get(node, 0), message[_SEQ])
+            echoed[node] = max(echoed.get(node, 0), echo[1])
             self._finish_leader_reads()
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:

@@ -177,7 +177,7 @@ def test_a_leader_read_whose_confirmation_never_comes_falls_back_to_a_barrier(tr
 
     leader = next(kv for kv in trio if kv.is_leader())
     leader.update({"fallback": 1})
-    monkeypatch.setattr(store._BatchingSyncObj, "next_append_seq", lambda self: 0)  # no answer ever confirms
+    monkeypatch.setattr(store._BatchingSyncObj, "next_append_seq", lambda self: (b"other run", 1))  # never counts
     before = leader.applied_index
     started = time.monotonic()
     assert leader.read("fallback") == 1
