@@ -118,6 +118,18 @@ class _BatchingSyncObj(SyncObj):
     queued during a tick now share one message per follower (adaptive batching).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before SyncObj.__init__: it starts the tick thread, which uses them, and it leaves the attributes
+        # that exist by its end out of the snapshot it takes of this object (callbacks cannot be pickled, and
+        # a restored sequence number or process id would let an old answer count).
+        self.answering_seq: Any = None  # the number of the append-entries being processed, if any
+        self._leader_read_requests: list[tuple[Callable[[Any, Any], None], Callable[..., None]]] = []
+        self._leader_reads: list[_LeaderRead] = []
+        self._append_seq = 0
+        self._incarnation = os.urandom(8)
+        self._echoed_seq: dict[Any, int] = {}
+        super().__init__(*args, **kwargs)
+
     def _checkCommandsToApply(self) -> None:
         journal = self._SyncObj__raftLog
         last_before = journal[-1][1]
@@ -144,42 +156,36 @@ class _BatchingSyncObj(SyncObj):
     # _LEADER_READ_PATIENCE (a follower that does not echo, an overloaded node, a partition) falls back to a
     # barrier entry, the slower way to the same answer.
 
-    answering_seq: Any = None  # set while an append-entries is being processed
-
     def next_append_seq(self) -> tuple[bytes, int]:
         """(this process's random id, a number): an answer sent to an earlier run of this node never counts."""
-        self.__dict__["_append_seq"] = self.__dict__.get("_append_seq", 0) + 1
-        return self._incarnation(), self.__dict__["_append_seq"]
-
-    def _incarnation(self) -> bytes:
-        return self.__dict__.setdefault("_incarnation_id", os.urandom(8))
+        self._append_seq += 1
+        return self._incarnation, self._append_seq
 
     def request_leader_read(self, callback: Callable[[Any, Any], None],
                             barrier: Callable[[Callable[[Any, Any], None]], None]) -> None:
         """From any thread: call ``callback(None, error)`` on the tick thread once a read arriving now may be
         served locally (error ``FAIL_REASON.SUCCESS``), or when it may not (another error). A node that is
         not a leader with a committed entry of its term by then calls ``barrier(callback)`` instead."""
-        self.__dict__.setdefault("_leader_read_requests", []).append((callback, barrier))
+        self._leader_read_requests.append((callback, barrier))
         self._SyncObj__pipeNotifier.notify()
 
     def _start_leader_reads(self) -> None:
-        requests = self.__dict__.get("_leader_read_requests")
-        while requests:
-            callback, barrier = requests.pop(0)
+        while self._leader_read_requests:
+            callback, barrier = self._leader_read_requests.pop(0)
             commit_index, noop_index = self._SyncObj__raftCommitIndex, self._SyncObj__noopIDx
             if not self._isLeader() or noop_index is None or commit_index < noop_index:
                 barrier(callback)
                 continue
-            self.__dict__.setdefault("_leader_reads", []).append(_LeaderRead(
-                callback, barrier, self._SyncObj__raftCurrentTerm, commit_index, self.__dict__.get("_append_seq", 0)))
+            self._leader_reads.append(_LeaderRead(
+                callback, barrier, self._SyncObj__raftCurrentTerm, commit_index, self._append_seq))
             self._SyncObj__sendAppendEntries()
         self._finish_leader_reads()
 
     def _finish_leader_reads(self) -> None:
-        rounds = self.__dict__.get("_leader_reads")
+        rounds = self._leader_reads
         if not rounds:
             return
-        echoed = self.__dict__.setdefault("_echoed_seq", {})
+        echoed = self._echoed_seq
         still_leader = self._isLeader()
         voters = self._SyncObj__otherNodes
         now = time.monotonic()
@@ -208,9 +214,8 @@ class _BatchingSyncObj(SyncObj):
         finally:
             self.answering_seq = None
         echo = message.get(_SEQ) if kind == "next_node_idx" else None
-        if isinstance(echo, tuple) and len(echo) == 2 and echo[0] == self._incarnation() and isinstance(echo[1], int):
-            echoed = self.__dict__.setdefault("_echoed_seq", {})
-            echoed[node] = max(echoed.get(node, 0), echo[1])
+        if isinstance(echo, tuple) and len(echo) == 2 and echo[0] == self._incarnation and isinstance(echo[1], int):
+            self._echoed_seq[node] = max(self._echoed_seq.get(node, 0), echo[1])
             self._finish_leader_reads()
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
