@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from hraftd.auth import TokenFile, allows
 from hraftd.errors import HraftdError
 from hraftd.protocol import (
+    KEY_PATH_PREFIX,
     BadRequest,
     check_write,
     error_document,
@@ -31,7 +32,6 @@ from hraftd.protocol import (
 from hraftd.settings import Limits
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-_KEY_PREFIX = "/key/"
 _LEVEL_OF_QUERY = {"": "linearizable", "level=linearizable": "linearizable", "level=stale": "stale"}
 Answer = tuple[int, bytes, list[tuple[str, str]], str]  # status, body, extra headers, X-Raft-Index
 
@@ -63,7 +63,7 @@ class KeyFastPath:
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", "")
         started = time.perf_counter()
-        if method == "GET" and path.startswith(_KEY_PREFIX) and self._allowed(environ, "read"):
+        if method == "GET" and path.startswith(KEY_PATH_PREFIX) and self._allowed(environ, "read"):
             route, handler = "/key/<key:key>", self._get
         elif method == "POST" and path == "/key" and self._allowed(environ, "write"):
             route, handler = "/key", self._post
@@ -72,11 +72,9 @@ class KeyFastPath:
         try:
             answer = handler(environ)
         except HraftdError as error:
-            body, headers = error_document(status_of(error), error.code, str(error))
-            answer = status_of(error), body, headers, str(self._store.applied_index)
+            answer = self._error(status_of(error), error.code, str(error))
         except Exception:
-            body, headers = error_document(500, "internal", internal_error_message(method, path))
-            answer = 500, body, headers, str(self._store.applied_index)
+            answer = self._error(500, "internal", internal_error_message(method, path))
         if answer is None:
             return self._app(environ, start_response)
         status, body, headers, index = answer
@@ -86,6 +84,10 @@ class KeyFastPath:
         ])
         self._metrics.observe(route, method, status, time.perf_counter() - started)
         return [body]
+
+    def _error(self, status: int, code: str, message: str) -> Answer:
+        body, headers = error_document(status, code, message)
+        return status, body, headers, str(self._store.applied_index)
 
     def _allowed(self, environ: dict[str, Any], needed: str) -> bool:
         if self._tokens is None:
@@ -98,7 +100,7 @@ class KeyFastPath:
         if level is None:
             return None
         try:
-            key = path_key(environ["PATH_INFO"][len(_KEY_PREFIX):], self._limits)
+            key = path_key(environ["PATH_INFO"], self._limits)
         except BadRequest:
             return None
         store = self._store
@@ -112,16 +114,19 @@ class KeyFastPath:
         return 200, json_body({key: value}), [], index
 
     def _post(self, environ: dict[str, Any]) -> Answer | None:
-        length = environ.get("CONTENT_LENGTH", "")
-        if not length.isdecimal() or int(length) >= self._limits.max_body_bytes:
+        length_header = environ.get("CONTENT_LENGTH", "")
+        if not length_header.isdecimal():
+            return None
+        length = int(length_header)
+        if length >= self._limits.max_body_bytes:
             return None
         try:
-            raw = environ["wsgi.input"].read(int(length))
+            raw = environ["wsgi.input"].read(length)
         except Exception as error:  # a read timeout, a reset: the Flask app answers as for any unreadable body
             environ["wsgi.input"] = _FailedBody(error)
             return None
         try:
-            if len(raw) != int(length):
+            if len(raw) != length:
                 raise BadRequest("the body was cut short")
             items = parse_json_object(raw)
             check_write(items, self._limits)

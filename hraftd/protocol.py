@@ -27,6 +27,7 @@ from hraftd.settings import Limits
 log = logging.getLogger("hraftd.http")
 
 READ_LEVELS = ("linearizable", "stale")
+KEY_PATH_PREFIX = "/key/"
 _STATUS_OF = {
     UnavailableError: 503,
     NotLeaderError: 503,
@@ -136,7 +137,7 @@ def path_key(path: str, limits: Limits) -> str:
     status 414 for one too long for a URL."""
     # werkzeug would turn invalid UTF-8 into U+FFFD silently.
     try:
-        key = path.encode("latin-1").decode("utf-8")
+        key = path[len(KEY_PATH_PREFIX):].encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
     check_key(key, limits, status=414)

@@ -135,7 +135,7 @@ def set_keys() -> Response:
 
 @api.get("/key/<key:key>")
 def get_key(key: str) -> Response:
-    key = path_key(request.environ.get("PATH_INFO", "")[len("/key/"):], _limits())
+    key = path_key(request.environ["PATH_INFO"], _limits())
     level = request.args.get("level", "linearizable")
     if level not in READ_LEVELS:
         raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
@@ -154,7 +154,7 @@ def get_key(key: str) -> Response:
 
 @api.delete("/key/<key:key>")
 def delete_key(key: str) -> Response:
-    key = path_key(request.environ.get("PATH_INFO", "")[len("/key/"):], _limits())
+    key = path_key(request.environ["PATH_INFO"], _limits())
     store = _store()
     return jsonify(deleted=store.delete(key), revision=store.revision)
 
