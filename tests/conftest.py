@@ -3,7 +3,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from nodes import Cluster, Node
+from nodes import Cluster, Node, free_port
+
+from hraftd.store import ReplicatedKV
 
 
 @pytest.fixture
@@ -12,6 +14,17 @@ def cluster(tmp_path) -> Iterator[Cluster]:
     nodes = Cluster(tmp_path)
     yield nodes
     nodes.cleanup()
+
+
+@pytest.fixture(scope="module")
+def kv(tmp_path_factory) -> Iterator[ReplicatedKV]:
+    """A one-node ReplicatedKV in this process, shared by the tests of one module."""
+    store = ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path_factory.mktemp("kv"))
+    try:
+        store.wait_ready(20)
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture(scope="module")

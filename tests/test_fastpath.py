@@ -12,14 +12,12 @@ from __future__ import annotations
 import io
 import json
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
-from nodes import free_port
 from test_fuzz import BODIES, FUZZ, TEXT, TOKENS
 from werkzeug.test import run_wsgi_app
 
@@ -29,17 +27,6 @@ from hraftd.web import create_app
 
 FLASK_MARK = "X-Test-Flask"  # added by a Flask hook: present when Flask answered
 STORED = {"plain": "kept", "nested/key with space": {"a": [1, 2.5, None, True]}, "ü": [], "caf\u00e9%2F": None}
-
-
-@pytest.fixture(scope="module")
-def kv(tmp_path_factory) -> Iterator[ReplicatedKV]:
-    store = ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path_factory.mktemp("fastpath-kv"))
-    try:
-        store.wait_ready(20)
-        store.update(STORED)
-        yield store
-    finally:
-        store.close()
 
 
 def marked_app(store: ReplicatedKV, **options: Any) -> Flask:
@@ -55,6 +42,7 @@ def marked_app(store: ReplicatedKV, **options: Any) -> Flask:
 
 @pytest.fixture(scope="module")
 def apps(kv, tmp_path_factory) -> dict[str, Flask]:
+    kv.update(STORED)
     path = tmp_path_factory.mktemp("fastpath-tokens") / "tokens"
     path.write_text("".join(f"{role} {token}\n" for role, token in TOKENS.items()))
     return {"open": marked_app(kv), "tokens": marked_app(kv, tokens=TokenFile(path))}

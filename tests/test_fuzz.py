@@ -15,7 +15,6 @@ import re
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +22,7 @@ import requests
 from flask import request
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from nodes import Cluster, free_port
+from nodes import Cluster
 from openapi_schema_validator import OAS31Validator
 from test_openapi import SPEC, FakeStore, documented_codes, operations, spec_path
 
@@ -319,16 +318,6 @@ def codes_for_status(status: int) -> set[str]:
 
 
 # ----- part (a): the app in-process, over a real one-node ReplicatedKV -----
-
-
-@pytest.fixture(scope="module")
-def kv(tmp_path_factory) -> Iterator[ReplicatedKV]:
-    store = ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path_factory.mktemp("fuzz-kv"))
-    try:
-        store.wait_ready(20)
-        yield store
-    finally:
-        store.close()
 
 
 def recording_app(store: Any, **options: Any) -> Any:
