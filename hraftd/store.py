@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -268,6 +269,36 @@ class _BarrierRound(_Call):
     def __init__(self) -> None:
         super().__init__()
         self.started_at = 0.0
+        self.joined: list[Callable[[Any], None]] = []
+
+    def __call__(self, result: Any, error: Any) -> None:
+        super().__call__(result, error)
+        outcome = None
+        if error != FAIL_REASON.SUCCESS:
+            outcome = UnavailableError(f"read barrier failed: {_NOT_APPLIED.get(error, 'leader changed')}")
+        for done in self.joined:
+            done(outcome)
+
+
+class _Once:
+    """A callback that runs exactly once: with the outcome, or with ``timeout_error`` at ``deadline``."""
+
+    def __init__(self, done: Callable[..., None], deadline: float, timeout_error: HraftdError) -> None:
+        self._done = done
+        self._lock = threading.Lock()
+        self.deadline = deadline
+        self.timeout_error = timeout_error
+        self.called = False
+
+    def __call__(self, *outcome: Any) -> None:
+        with self._lock:
+            if self.called:
+                return
+            self.called = True
+        self._done(*outcome)
+
+    def __lt__(self, other: _Once) -> bool:
+        return self.deadline < other.deadline
 
 
 class _ReadBarrier:
@@ -287,20 +318,37 @@ class _ReadBarrier:
         self._next: _BarrierRound | None = None
 
     def wait(self, deadline: float) -> None:
+        round_ = self._join()
+        if not round_.wait(deadline):
+            raise UnavailableError("could not confirm leadership with a quorum in time; no leader or no quorum")
+        if round_.error != FAIL_REASON.SUCCESS:
+            raise UnavailableError(f"read barrier failed: {_NOT_APPLIED.get(round_.error, 'leader changed')}")
+
+    def join(self, done: Callable[[Any], None]) -> None:
+        """Call ``done(None)`` once a round issued after this call has confirmed, or ``done(error)``."""
+        with self._lock:
+            round_ = self._join(start=False)
+            round_.joined.append(done)
+            if self._in_flight is None:
+                self._next = None
+                self._start(round_)
+
+    def _join(self, start: bool = True) -> _BarrierRound:
         with self._lock:
             in_flight = self._in_flight
             # A barrier whose answer was lost (e.g. its forward to a dying leader) must not block reads forever.
             if in_flight is not None and time.monotonic() - in_flight.started_at > self._give_up_after:
                 in_flight = self._in_flight = None
             if in_flight is None:
-                round_, self._next = self._next or _BarrierRound(), None
-                self._start(round_)
+                round_ = self._next or _BarrierRound()
+                if start:
+                    self._next = None
+                    self._start(round_)
+                else:
+                    self._next = round_
             else:
                 round_ = self._next = self._next or _BarrierRound()
-        if not round_.wait(deadline):
-            raise UnavailableError("could not confirm leadership with a quorum in time; no leader or no quorum")
-        if round_.error != FAIL_REASON.SUCCESS:
-            raise UnavailableError(f"read barrier failed: {_NOT_APPLIED.get(round_.error, 'leader changed')}")
+            return round_
 
     def _start(self, round_: _BarrierRound) -> None:
         """Issue ``round_``; the caller holds the lock."""
@@ -385,6 +433,8 @@ class ReplicatedKV(Mapping):
         self.snapshot_seconds = 0.0
         self._sync.addOnTickCallback(self._on_tick)
         self._barrier = _ReadBarrier(self._issue_read_round, give_up_after=timeout)
+        self._deadlines: list[_Once] = []
+        self._deadlines_lock = threading.Lock()
         self._closed = False
 
     # ----- lifecycle -----
@@ -502,6 +552,57 @@ class ReplicatedKV(Mapping):
     def __delitem__(self, key: str) -> None:
         if not self.delete(key):
             raise KeyError(key)
+
+    # ----- the same, without blocking: for callers on an event loop -----
+    # Each ``done`` runs exactly once, on another thread (PySyncObj's) or on the calling one, and must be quick.
+
+    def write_async(self, items: dict[str, Any], done: Callable[[Any, HraftdError | None], None]) -> None:
+        """Like ``update``: ``done(revision, None)`` once applied here, or ``done(None, error)``."""
+        self._submit(self._state.put_many, "the write", done, items)
+
+    def delete_async(self, key: str, done: Callable[[Any, HraftdError | None], None]) -> None:
+        """Like ``delete``: ``done((existed, revision), None)`` once applied here, or ``done(None, error)``."""
+        self._submit(self._state.delete_key, "the delete", done, key)
+
+    def sync_reads_async(self, level: str, done: Callable[[HraftdError | None], None]) -> None:
+        """Like ``sync_reads``: ``done(None)`` once local reads reflect every write acknowledged before the call,
+        or ``done(error)``."""
+        if level not in READ_LEVELS:
+            raise ValueError(f"unknown read level {level!r}; use one of {', '.join(READ_LEVELS)}")
+        if level == STALE:
+            done(None)
+            return
+        once = self._once(done, UnavailableError("could not confirm leadership with a quorum in time"))
+        self._barrier.join(once)
+
+    def _submit(self, method: Callable[..., Any], what: str, done: Callable[[Any, HraftdError | None], None],
+                *args: Any) -> None:
+        once = self._once(done, OutcomeUnknownError(
+            f"{what} was not confirmed in time; outcome unknown, it may still be applied"), None)
+
+        def on_applied(result: Any, error: Any) -> None:
+            if error == FAIL_REASON.SUCCESS:
+                once(result, None)
+            else:
+                once(None, _translate(error, what))
+
+        method(*args, callback=on_applied)
+
+    def _once(self, done: Callable[..., None], timeout_error: HraftdError, *prefix: Any) -> _Once:
+        once = _Once(lambda *outcome: done(*outcome), time.monotonic() + self.timeout, timeout_error)
+        once.timeout_outcome = (*prefix, timeout_error)  # type: ignore[attr-defined]
+        with self._deadlines_lock:
+            heapq.heappush(self._deadlines, once)
+        return once
+
+    def _expire_calls(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._deadlines_lock:
+            while self._deadlines and (self._deadlines[0].called or self._deadlines[0].deadline <= now):
+                expired.append(heapq.heappop(self._deadlines))
+        for once in expired:
+            once(*once.timeout_outcome)  # type: ignore[attr-defined]
 
     def _replicate(self, method: Callable[..., Any], what: str, *args: Any) -> Any:
         deadline = time.monotonic() + self.timeout
@@ -748,7 +849,8 @@ class ReplicatedKV(Mapping):
         return set(saved["peers"])
 
     def _on_tick(self) -> None:
-        """Bookkeeping on the tick thread: the cluster file, leader changes, snapshots."""
+        """Bookkeeping on the tick thread: the cluster file, leader changes, snapshots, calls past their deadline."""
+        self._expire_calls()
         self._save_cluster_file_if_changed()
         leader = self._sync._getLeader()
         if leader is not None and leader != self._last_leader:
