@@ -36,6 +36,7 @@ _TXN_OPERATIONS = ("set", "delete", "delete_prefix", "get", "range")
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
 _LAST_CHAR = chr(0x10FFFF)
 _DUMP_FORMAT = 1
+_Outcome = tuple[dict[str, Any], list[dict[str, Any]]]  # a command's result and events
 
 
 class _BadCommand(Exception):
@@ -135,7 +136,7 @@ class KVState:
         while remembered and next(iter(remembered.values()))[1] < oldest_kept:
             remembered.popitem(last=False)
 
-    def _put(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _put(self, command: dict[str, Any]) -> _Outcome:
         items = _check_items(command.get("items"))
         lease = _optional_int(command, "lease")
         if_revision = _optional_int(command, "if_revision", minimum=0)
@@ -152,7 +153,7 @@ class KVState:
         self.revision = revision
         return {"revision": revision}, events
 
-    def _delete(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _delete(self, command: dict[str, Any]) -> _Outcome:
         key = _check_key(command.get("key"))
         if_revision = _optional_int(command, "if_revision", minimum=0)
         if if_revision is not None:
@@ -164,13 +165,13 @@ class KVState:
         self.revision += 1
         return {"deleted": True, "revision": self.revision}, [self._remove(key, self.revision, "delete")]
 
-    def _delete_prefix(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _delete_prefix(self, command: dict[str, Any]) -> _Outcome:
         events = self._remove_prefix(_check_prefix(command.get("prefix")), self.revision + 1)
         if events:
             self.revision += 1
         return {"deleted": len(events), "revision": self.revision}, events
 
-    def _txn(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _txn(self, command: dict[str, Any]) -> _Outcome:
         compares, success, failure = (_optional_list(command, name) for name in ("compare", "success", "failure"))
         for compare in compares:
             _check_compare(compare)
@@ -210,10 +211,10 @@ class KVState:
         items, more = self.range(bounds.get("prefix", ""), limit=bounds.get("limit"))
         return {"items": items, "more": more}
 
-    def _barrier(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _barrier(self, command: dict[str, Any]) -> _Outcome:
         return {"revision": self.revision}, []
 
-    def _set_member(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _set_member(self, command: dict[str, Any]) -> _Outcome:
         node_id, raft_addr = _check_text(command, "id"), _check_text(command, "raft_addr")
         http_addr = command.get("http_addr")
         if http_addr is not None:
@@ -225,11 +226,11 @@ class KVState:
         self.members[node_id] = {"raft_addr": raft_addr, "http_addr": http_addr}
         return {}, []
 
-    def _forget_member(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _forget_member(self, command: dict[str, Any]) -> _Outcome:
         self.members.pop(_check_text(command, "id"), None)
         return {}, []
 
-    def _lease_grant(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _lease_grant(self, command: dict[str, Any]) -> _Outcome:
         ttl = command.get("ttl")
         if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
             raise _BadCommand(f"ttl must be a positive number of seconds, not {_short(ttl)}")
@@ -238,13 +239,13 @@ class KVState:
         self._leases[lease_id] = _Lease(ttl, set())
         return {"id": lease_id, "ttl": ttl}, []
 
-    def _lease_revoke(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _lease_revoke(self, command: dict[str, Any]) -> _Outcome:
         return self._end_lease(command, "delete")
 
-    def _lease_expire(self, command: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _lease_expire(self, command: dict[str, Any]) -> _Outcome:
         return self._end_lease(command, "expire")
 
-    def _end_lease(self, command: dict[str, Any], event_type: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def _end_lease(self, command: dict[str, Any], event_type: str) -> _Outcome:
         lease_id = _optional_int(command, "id")
         if lease_id is None:
             raise _BadCommand("id must be an integer")
@@ -406,7 +407,7 @@ class KVState:
         return state
 
 
-_Handler = Callable[[KVState, dict[str, Any]], tuple[dict[str, Any], list[dict[str, Any]]]]
+_Handler = Callable[[KVState, dict[str, Any]], _Outcome]
 _HANDLERS: dict[str, _Handler] = {
     "put": KVState._put, "delete": KVState._delete, "delete_prefix": KVState._delete_prefix, "txn": KVState._txn,
     "barrier": KVState._barrier, "set_member": KVState._set_member, "forget_member": KVState._forget_member,
