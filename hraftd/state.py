@@ -1,16 +1,571 @@
-"""The replicated state machine: the key-value data and the member table.
+"""The replicated state machine: keys with revisions (as in etcd), leases, the member table, and the results
+of recent writes that carried an idempotency key.
 
-Every change is one replicated method, so it is one Raft log entry, applied in log order on every node.
-The methods are deterministic and do no I/O; they run on PySyncObj's tick thread. Readers on other threads
-rely on single C-level dict operations (``dict.update``, ``dict.copy``) being atomic under the GIL, which is
-why a multi-key write is applied with one ``update`` call: no reader can see half of it.
+``KVState.apply`` runs on one thread, in log order, on every node. It is deterministic: no I/O, clocks,
+randomness or threads, and no result, event or error message depends on hash order or memory addresses, so the
+same commands with the same log times give the same state and answers everywhere. It never raises: a command is
+checked completely before anything changes, and a refused one leaves the state as it was. Reads change nothing,
+not even a cache, so they may run on other threads while ``apply`` is kept out by the caller's lock.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from itertools import islice
+from typing import Any, NamedTuple
 
 from pysyncobj import SyncObjConsumer, replicated
+from sortedcontainers import SortedList
+
+
+class Applied(NamedTuple):
+    """What one command did: the proposer's answer, and the changes in the order they happened (for watches)."""
+
+    result: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+# A key's record: (value, create_revision, mod_revision, version, lease id or None). A tuple is replaced on
+# every write, never changed in place, so a dump or a read result never sees half of one.
+_VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
+_TARGETS = {"value": _VALUE, "create_revision": _CREATE, "mod_revision": _MOD, "version": _VERSION}
+_COMPARE_OPS = ("=", "!=", "<", ">")
+_TXN_OPERATIONS = ("set", "delete", "delete_prefix", "get", "range")
+_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_LAST_CHAR = chr(0x10FFFF)
+_DUMP_FORMAT = 1
+_Outcome = tuple[dict[str, Any], list[dict[str, Any]]]  # a command's result and events
+
+
+class _BadCommand(Exception):
+    """A command refused as a whole; raised only before anything changed."""
+
+
+class _Lease:
+    __slots__ = ("keys", "ttl")
+
+    def __init__(self, ttl: float, keys: set[str]) -> None:
+        self.ttl = ttl
+        self.keys = keys
+
+
+class _KeyIndex(SortedList):
+    """All keys in ``str`` order. SortedList builds its positional index lazily, on the first positional read
+    after a change; ``settle`` builds it on the writer's thread instead, so that ``count`` only reads."""
+
+    def settle(self) -> None:
+        if not self._index and len(self._lists) > 1:
+            self._build_index()
+
+    def count_between(self, low: str, high: str | None) -> int:
+        return (self._len if high is None else self.bisect_left(high)) - self.bisect_left(low)
+
+    def between(self, low: str, high: str | None, include_low: bool = True) -> Iterator[str]:
+        return self.irange(low, high, inclusive=(include_low, False))
+
+
+class KVState:
+    """The replicated dict. ``revision``, ``log_time`` and ``members`` are to be read, never assigned.
+
+    Values in reads, results and events are the stored objects themselves (no copy on the hot path): treat
+    them as read-only.
+    """
+
+    def __init__(self, idempotency_limit: int = 100_000, idempotency_max_age: float = 600.0) -> None:
+        self.revision = 0
+        self.log_time = 0.0
+        self.members: dict[str, dict[str, str | None]] = {}
+        self._records: dict[str, tuple[Any, int, int, int, int | None]] = {}
+        self._keys = _KeyIndex()
+        self._leases: dict[int, _Lease] = {}
+        self._next_lease_id = 1
+        # Oldest first: entries are added in log order, and log_time never decreases.
+        self._remembered: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
+        self._idempotency_limit = idempotency_limit
+        self._idempotency_max_age = idempotency_max_age
+
+    # Applying commands
+
+    def apply(self, command: dict[str, Any], now: float) -> Applied:
+        """Apply one log entry; ``now`` is the wall-clock time its proposer wrote into it."""
+        if type(now) in (int, float) and self.log_time < now < math.inf:
+            self.log_time = float(now)
+        if self._remembered:
+            self._forget_expired()
+        try:
+            return self._apply(command)
+        except _BadCommand as refusal:
+            return Applied({"error": "bad_command", "message": str(refusal)}, [])
+        except Exception as error:  # a bug: answered rather than raised, so no node's apply thread dies of it
+            return Applied({"error": "internal_error", "message": f"{type(error).__name__} in apply"}, [])
+
+    def _apply(self, command: Any) -> Applied:
+        if type(command) is not dict:
+            raise _BadCommand(f"a command is a dict, not {type(command).__name__}")
+        op = command.get("op")
+        handler = _HANDLERS.get(op) if type(op) is str else None
+        if handler is None:
+            raise _BadCommand(f"unknown op {_short(op)}")
+        if not command.keys() <= _FIELDS[op]:
+            unknown = ", ".join(_short(field) for field in command if field not in _FIELDS[op])
+            raise _BadCommand(f"unknown fields for {op}: {unknown}")
+        idempotency_key = command.get("idempotency_key")
+        if idempotency_key is not None:
+            if type(idempotency_key) is not str or not idempotency_key:
+                raise _BadCommand("idempotency_key must be a non-empty string")
+            remembered = self._remembered.get(idempotency_key)
+            if remembered is not None:
+                return Applied(remembered[0], [])
+        result, events = handler(self, command)
+        if events:
+            self._keys.settle()
+        if idempotency_key is not None:
+            self._remember(idempotency_key, result)
+        return Applied(result, events)
+
+    def _remember(self, idempotency_key: str, result: dict[str, Any]) -> None:
+        self._remembered[idempotency_key] = (result, self.log_time)
+        while len(self._remembered) > self._idempotency_limit:
+            self._remembered.popitem(last=False)
+
+    def _forget_expired(self) -> None:
+        remembered = self._remembered
+        oldest_kept = self.log_time - self._idempotency_max_age
+        while remembered and next(iter(remembered.values()))[1] < oldest_kept:
+            remembered.popitem(last=False)
+
+    def _put(self, command: dict[str, Any]) -> _Outcome:
+        items = _check_items(command.get("items"))
+        lease = _optional_int(command, "lease")
+        if_revision = _optional_int(command, "if_revision", minimum=0)
+        if if_revision is not None:
+            if len(items) != 1:
+                raise _BadCommand("a put with if_revision takes exactly one item")
+            refusal = self._precondition_refusal(next(iter(items)), if_revision)
+            if refusal:
+                return refusal, []
+        if lease is not None and lease not in self._leases:
+            return {"error": "lease_not_found", "lease": lease}, []
+        revision = self.revision + 1
+        events = [self._set(key, value, lease, revision) for key, value in items.items()]
+        self.revision = revision
+        return {"revision": revision}, events
+
+    def _delete(self, command: dict[str, Any]) -> _Outcome:
+        key = _check_key(command.get("key"))
+        if_revision = _optional_int(command, "if_revision", minimum=0)
+        if if_revision is not None:
+            refusal = self._precondition_refusal(key, if_revision)
+            if refusal:
+                return refusal, []
+        if key not in self._records:
+            return {"deleted": False, "revision": self.revision}, []
+        self.revision += 1
+        return {"deleted": True, "revision": self.revision}, [self._remove(key, self.revision, "delete")]
+
+    def _delete_prefix(self, command: dict[str, Any]) -> _Outcome:
+        events = self._remove_prefix(_check_prefix(command.get("prefix")), self.revision + 1)
+        if events:
+            self.revision += 1
+        return {"deleted": len(events), "revision": self.revision}, events
+
+    def _txn(self, command: dict[str, Any]) -> _Outcome:
+        compares, success, failure = (_optional_list(command, name) for name in ("compare", "success", "failure"))
+        for compare in compares:
+            _check_compare(compare)
+        for operation in success + failure:
+            _check_operation(operation)
+        succeeded = all(self._holds(compare) for compare in compares)
+        branch = success if succeeded else failure
+        for operation in branch:  # the only refusal that depends on the state; nothing has changed yet
+            lease = operation.get("lease")
+            if lease is not None and lease not in self._leases:
+                return {"error": "lease_not_found", "lease": lease}, []
+        revision = self.revision + 1
+        events: list[dict[str, Any]] = []
+        results = [self._run(operation, revision, events) for operation in branch]
+        if events:
+            self.revision = revision
+        return {"succeeded": succeeded, "revision": self.revision, "results": results}, events
+
+    def _run(self, operation: dict[str, Any], revision: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """One checked operation of a txn; the writes before it in the txn are visible to it."""
+        if "set" in operation:
+            lease = operation.get("lease")
+            events.extend(self._set(key, value, lease, revision) for key, value in operation["set"].items())
+            return {"revision": revision}
+        if "delete" in operation:
+            existed = operation["delete"] in self._records
+            if existed:
+                events.append(self._remove(operation["delete"], revision, "delete"))
+            return {"deleted": existed}
+        if "delete_prefix" in operation:
+            removed = self._remove_prefix(operation["delete_prefix"], revision)
+            events.extend(removed)
+            return {"deleted": len(removed)}
+        if "get" in operation:
+            return self.get(operation["get"]) or {"key": operation["get"], "found": False}
+        bounds = operation["range"]
+        items, more = self.range(bounds.get("prefix", ""), limit=bounds.get("limit"))
+        return {"items": items, "more": more}
+
+    def _barrier(self, command: dict[str, Any]) -> _Outcome:
+        return {"revision": self.revision}, []
+
+    def _set_member(self, command: dict[str, Any]) -> _Outcome:
+        node_id, raft_addr = _check_text(command, "id"), _check_text(command, "raft_addr")
+        http_addr = command.get("http_addr")
+        if http_addr is not None:
+            http_addr = _check_text(command, "http_addr")
+        # One raft address belongs to one id: a node that rejoins under a new id replaces its old entry.
+        for other_id, member in list(self.members.items()):
+            if other_id != node_id and member["raft_addr"] == raft_addr:
+                del self.members[other_id]
+        self.members[node_id] = {"raft_addr": raft_addr, "http_addr": http_addr}
+        return {}, []
+
+    def _forget_member(self, command: dict[str, Any]) -> _Outcome:
+        self.members.pop(_check_text(command, "id"), None)
+        return {}, []
+
+    def _lease_grant(self, command: dict[str, Any]) -> _Outcome:
+        ttl = command.get("ttl")
+        if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
+            raise _BadCommand(f"ttl must be a positive number of seconds, not {_short(ttl)}")
+        lease_id = self._next_lease_id
+        self._next_lease_id += 1
+        self._leases[lease_id] = _Lease(ttl, set())
+        return {"id": lease_id, "ttl": ttl}, []
+
+    def _lease_revoke(self, command: dict[str, Any]) -> _Outcome:
+        return self._end_lease(command, "delete")
+
+    def _lease_expire(self, command: dict[str, Any]) -> _Outcome:
+        return self._end_lease(command, "expire")
+
+    def _end_lease(self, command: dict[str, Any], event_type: str) -> _Outcome:
+        lease_id = _optional_int(command, "id")
+        if lease_id is None:
+            raise _BadCommand("id must be an integer")
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return {"revoked": False, "deleted": 0, "revision": self.revision}, []
+        revision = self.revision + 1
+        events = [self._remove(key, revision, event_type) for key in sorted(lease.keys)]
+        del self._leases[lease_id]
+        if events:
+            self.revision = revision
+        return {"revoked": True, "deleted": len(events), "revision": self.revision}, events
+
+    # The only code that changes keys; it is reached only with checked arguments, and cannot fail.
+
+    def _set(self, key: str, value: Any, lease: int | None, revision: int) -> dict[str, Any]:
+        old = self._records.get(key)
+        if old is None:
+            self._records[key] = (value, revision, revision, 1, lease)
+            self._keys.add(key)
+        else:
+            if old[_LEASE] is not None and old[_LEASE] != lease:
+                self._leases[old[_LEASE]].keys.discard(key)
+            self._records[key] = (value, old[_CREATE], revision, old[_VERSION] + 1, lease)
+        if lease is not None:
+            self._leases[lease].keys.add(key)
+        return {"type": "set", "key": key, "value": value, "mod_revision": revision}
+
+    def _remove(self, key: str, revision: int, event_type: str) -> dict[str, Any]:
+        lease = self._records.pop(key)[_LEASE]
+        self._keys.remove(key)
+        if lease is not None:
+            self._leases[lease].keys.discard(key)
+        return {"type": event_type, "key": key, "mod_revision": revision}
+
+    def _remove_prefix(self, prefix: str, revision: int) -> list[dict[str, Any]]:
+        doomed = list(self._keys.between(prefix, _prefix_end(prefix)))
+        return [self._remove(key, revision, "delete") for key in doomed]
+
+    def _precondition_refusal(self, key: str, expected: int) -> dict[str, Any] | None:
+        record = self._records.get(key)
+        current = 0 if record is None else record[_MOD]
+        return None if current == expected else {"error": "precondition_failed", "current_revision": current}
+
+    def _holds(self, compare: dict[str, Any]) -> bool:
+        record = self._records.get(compare["key"])
+        target, op, expected = compare["target"], compare["op"], compare["value"]
+        if target == "value":
+            if record is None:  # an absent key has no value: never equal, never ordered
+                return op == "!="
+            actual = record[_VALUE]
+            if op in ("=", "!="):
+                return _json_equal(actual, expected) == (op == "=")
+            if not (_is_number(actual) and _is_number(expected)) and not (type(actual) is type(expected) is str):
+                return False
+        else:
+            actual = 0 if record is None else record[_TARGETS[target]]
+        if op == "=":
+            return actual == expected
+        if op == "!=":
+            return actual != expected
+        return actual < expected if op == "<" else actual > expected
+
+    # Reads: local, read-only
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        record = self._records.get(key)
+        if record is None:
+            return None
+        value, create_revision, mod_revision, version, lease = record
+        return {"key": key, "value": value, "create_revision": create_revision, "mod_revision": mod_revision,
+                "version": version, "lease": lease}
+
+    def value(self, key: str) -> Any:
+        """The value of ``key``; KeyError if it is absent."""
+        return self._records[key][_VALUE]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def range(self, prefix: str = "", start_after: str | None = None, limit: int | None = None,
+              keys_only: bool = False) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` keys starting with ``prefix`` and greater than ``start_after``, in key order, and
+        whether more such keys follow. Costs O(log n + limit)."""
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        end = _prefix_end(prefix)
+        if start_after is not None and start_after >= prefix:
+            keys = self._keys.between(start_after, end, include_low=False)
+        else:
+            keys = self._keys.between(prefix, end)
+        chosen = list(keys if limit is None else islice(keys, limit + 1))
+        more = limit is not None and len(chosen) > limit
+        if more:
+            del chosen[limit:]
+        found = zip(chosen, map(self._records.__getitem__, chosen), strict=True)
+        if keys_only:
+            return [{"key": key, "mod_revision": record[_MOD]} for key, record in found], more
+        return [{"key": key, "value": record[_VALUE], "mod_revision": record[_MOD]} for key, record in found], more
+
+    def count(self, prefix: str = "") -> int:
+        """How many keys start with ``prefix``, in O(log n)."""
+        return self._keys.count_between(prefix, _prefix_end(prefix)) if prefix else len(self._records)
+
+    def lease(self, lease_id: int) -> dict[str, Any] | None:
+        lease = self._leases.get(lease_id)
+        return None if lease is None else {"id": lease_id, "ttl": lease.ttl, "keys": sorted(lease.keys)}
+
+    def leases(self) -> list[int]:
+        """The ids of the live leases, in ascending order."""
+        return list(self._leases)  # granted in ascending order and never granted again
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """All (key, value) pairs in key order, lazily: finish iterating before the next ``apply``."""
+        records = self._records
+        return ((key, records[key][_VALUE]) for key in self._keys)
+
+    # Snapshots
+
+    def dump(self) -> dict[str, Any]:
+        """The whole state as plain data (dicts, lists, tuples, str, numbers, None), keys in sorted order.
+        Takes no lock and changes nothing, so a forked child can write it. It shares the stored values."""
+        records = self._records
+        keys = list(self._keys)
+        return {
+            "format": _DUMP_FORMAT,
+            "revision": self.revision,
+            "log_time": self.log_time,
+            "next_lease_id": self._next_lease_id,
+            "keys": keys,
+            "records": [records[key] for key in keys],
+            "leases": [[lease_id, lease.ttl, sorted(lease.keys)] for lease_id, lease in self._leases.items()],
+            "members": {node_id: dict(member) for node_id, member in self.members.items()},
+            "idempotency_limit": self._idempotency_limit,
+            "idempotency_max_age": self._idempotency_max_age,
+            "remembered": [[key, result, log_time] for key, (result, log_time) in self._remembered.items()],
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> KVState:
+        """The state ``dump`` gave (also after a JSON round trip), in time linear in its size."""
+        if data.get("format") != _DUMP_FORMAT:
+            raise ValueError(f"not a KVState dump of format {_DUMP_FORMAT}")
+        state = cls(data["idempotency_limit"], data["idempotency_max_age"])
+        state.revision, state.log_time = data["revision"], data["log_time"]
+        state._next_lease_id = data["next_lease_id"]
+        keys, records = data["keys"], data["records"]
+        if records and type(records[0]) is not tuple:  # JSON makes lists of them
+            records = list(map(tuple, records))
+        state._records = dict(zip(keys, records, strict=True))
+        state._keys = _KeyIndex(keys)  # sorted input: Timsort's pass is linear
+        state._keys.settle()
+        state._leases = {lease_id: _Lease(ttl, set(lease_keys)) for lease_id, ttl, lease_keys in data["leases"]}
+        state.members = {node_id: dict(member) for node_id, member in data["members"].items()}
+        state._remembered = OrderedDict((key, (result, log_time)) for key, result, log_time in data["remembered"])
+        return state
+
+
+_Handler = Callable[[KVState, dict[str, Any]], _Outcome]
+_HANDLERS: dict[str, _Handler] = {
+    "put": KVState._put, "delete": KVState._delete, "delete_prefix": KVState._delete_prefix, "txn": KVState._txn,
+    "barrier": KVState._barrier, "set_member": KVState._set_member, "forget_member": KVState._forget_member,
+    "lease_grant": KVState._lease_grant, "lease_revoke": KVState._lease_revoke,
+    "lease_expire": KVState._lease_expire,
+}
+_OWN_FIELDS = {
+    "put": ("items", "lease", "if_revision"), "delete": ("key", "if_revision"), "delete_prefix": ("prefix",),
+    "txn": ("compare", "success", "failure"), "barrier": (), "set_member": ("id", "raft_addr", "http_addr"),
+    "forget_member": ("id",), "lease_grant": ("ttl",), "lease_revoke": ("id",), "lease_expire": ("id",),
+}
+# A barrier takes no idempotency key: a repeated barrier must confirm the current revision, not an old one.
+_FIELDS = {op: frozenset(("op", *fields, *(() if op == "barrier" else ("idempotency_key",))))
+           for op, fields in _OWN_FIELDS.items()}
+
+
+# Checks of command fields: each returns the checked value or raises _BadCommand.
+
+def _short(value: Any) -> str:
+    """A description of any input for an error message: short, and never a memory address."""
+    if type(value) in (str, float, bool, type(None)) or (type(value) is int and value.bit_length() < 64):
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+    return f"a value of type {type(value).__name__}"
+
+
+def _check_key(key: Any, what: str = "a key") -> str:
+    if type(key) is not str or not key:
+        raise _BadCommand(f"{what} must be a non-empty string, not {_short(key)}")
+    return key
+
+
+def _check_prefix(prefix: Any) -> str:
+    if type(prefix) is not str:
+        raise _BadCommand(f"a prefix must be a string, not {_short(prefix)}")
+    return prefix
+
+
+def _check_text(command: dict[str, Any], field: str) -> str:
+    return _check_key(command.get(field), field)
+
+
+def _optional_int(command: dict[str, Any], field: str, minimum: int | None = None) -> int | None:
+    value = command.get(field)
+    if value is not None and (type(value) is not int or (minimum is not None and value < minimum)):
+        raise _BadCommand(f"{field} must be an integer{'' if minimum is None else f' >= {minimum}'}, "
+                          f"not {_short(value)}")
+    return value
+
+
+def _optional_list(command: dict[str, Any], field: str) -> list[Any]:
+    value = command.get(field, [])
+    if type(value) is not list:
+        raise _BadCommand(f"{field} must be a list, not {_short(value)}")
+    return value
+
+
+def _check_items(items: Any) -> dict[str, Any]:
+    if type(items) is not dict or not items:
+        raise _BadCommand("items must be a non-empty dict of keys to values")
+    for key, value in items.items():
+        _check_key(key)
+        if type(value) not in _JSON_SCALARS:  # the common case without a call
+            _check_json(value)
+    return items
+
+
+def _check_json(value: Any) -> None:
+    """A JSON value: exact JSON types, str keys, finite floats, and a tree (no container twice, so no cycle)."""
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _JSON_SCALARS:
+            continue
+        if kind is float:
+            if not math.isfinite(item):
+                raise _BadCommand("NaN and infinite numbers are not JSON")
+        elif kind is dict or kind is list:
+            if id(item) in seen:
+                raise _BadCommand("a value must be a tree: a container appears in it twice")
+            seen.add(id(item))
+            if kind is list:
+                stack.extend(item)
+            elif any(type(name) is not str for name in item):
+                raise _BadCommand("the names in a JSON object must be strings")
+            else:
+                stack.extend(item.values())
+        else:
+            raise _BadCommand(f"a value of type {kind.__name__} is not JSON")
+
+
+def _check_compare(compare: Any) -> None:
+    if type(compare) is not dict or compare.keys() != {"key", "target", "op", "value"}:
+        raise _BadCommand("a compare is a dict of exactly key, target, op and value")
+    _check_key(compare["key"])
+    target, op, value = compare["target"], compare["op"], compare["value"]
+    if type(target) is not str or target not in _TARGETS:
+        raise _BadCommand(f"unknown compare target {_short(target)}")
+    if type(op) is not str or op not in _COMPARE_OPS:
+        raise _BadCommand(f"unknown compare op {_short(op)}")
+    if target == "value":
+        _check_json(value)
+    elif type(value) is not int:
+        raise _BadCommand(f"a compare of {target} needs an integer, not {_short(value)}")
+
+
+def _check_operation(operation: Any) -> None:
+    kinds = [kind for kind in _TXN_OPERATIONS if type(operation) is dict and kind in operation]
+    allowed = {"set", "lease"} if kinds == ["set"] else set(kinds)
+    if len(kinds) != 1 or not operation.keys() <= allowed:
+        raise _BadCommand(f"an operation is a dict of one of {', '.join(_TXN_OPERATIONS)} (and lease with set)")
+    argument = operation[kinds[0]]
+    if kinds[0] == "set":
+        _check_items(argument)
+        _optional_int(operation, "lease")
+    elif kinds[0] in ("delete", "get"):
+        _check_key(argument)
+    elif kinds[0] == "delete_prefix":
+        _check_prefix(argument)
+    else:
+        if type(argument) is not dict or not argument.keys() <= {"prefix", "limit"}:
+            raise _BadCommand("a range is a dict of prefix and limit")
+        _check_prefix(argument.get("prefix", ""))
+        _optional_int(argument, "limit", minimum=1)
+
+
+# Values and keys
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float  # not bool
+
+
+def _json_equal(first: Any, second: Any) -> bool:
+    """Equality of JSON values: true is not 1, 1 is 1.0. Iterative, so no depth can exhaust the stack."""
+    pairs = [(first, second)]
+    while pairs:
+        a, b = pairs.pop()
+        if type(a) is dict:
+            if type(b) is not dict or a.keys() != b.keys():
+                return False
+            pairs.extend((a[name], b[name]) for name in a)
+        elif type(a) is list:
+            if type(b) is not list or len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b, strict=True))
+        elif (type(a) is bool) != (type(b) is bool) or a != b:
+            return False
+    return True
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string that starts with ``prefix``; None if there is none."""
+    stem = prefix.rstrip(_LAST_CHAR)
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
+
+
+# The previous state machine, still used by the store until the Raft layer switches to KVState.
 
 _MISSING = object()
 
