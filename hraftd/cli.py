@@ -30,6 +30,9 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("join", metavar="HOST:PORT",
            help="HTTP address of any member of the cluster to join; ignored when DATA_DIR already holds a member")
     option("id", dest="node_id", metavar="ID", help="node ID (default: the raft address)")
+    option("replace", action="store_true",
+           help="with -join: take the place of a member that has this node's id (or raft address) and is gone "
+           "for good; refused while that member is still connected")
     option("timeout", type=float, default=5.0, metavar="SECONDS",
            help="how long a request waits for a leader and a quorum before it fails (default 5)")
     option("join-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -84,6 +87,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             raft_insecure=args.raft_insecure, auth_file=args.auth_file,
             auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, restore=args.restore,
+            replace=args.replace,
             log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
         )
     except (ValueError, OSError) as error:

@@ -65,12 +65,20 @@ class Client:
         return self._call("GET", "/status")
 
     def join(self, node_id: str, raft_addr: str, http_addr: str | None = None, proof: str | None = None,
-             ) -> dict[str, Any]:
-        """Add a node to the cluster (idempotent). ``proof``: required by a cluster with a raft secret."""
-        body = {"id": node_id, "addr": raft_addr, "http_addr": http_addr}
+             force: bool = False) -> dict[str, Any]:
+        """Add a node to the cluster (idempotent). ``proof``: that the node holds the cluster secret.
+        ``force``: replace a member that has the same id (or address) and is gone for good."""
+        body: dict[str, Any] = {"id": node_id, "addr": raft_addr, "http_addr": http_addr}
         if proof is not None:
             body["proof"] = proof
+        if force:
+            body["force"] = True
         return self._call("POST", "/join", body)
+
+    def join_secret(self) -> dict[str, Any]:
+        """The cluster secret and members' raft addresses, for a node about to join: {"secret", "members"}.
+        Given only to an admin token, or without tokens to a process of the node's own user on its machine."""
+        return self._call("POST", "/join/secret", {})
 
     def remove(self, node_id: str) -> dict[str, Any]:
         """Remove a member from the cluster."""

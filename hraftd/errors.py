@@ -53,3 +53,22 @@ class WrongSecretError(HraftdError):
     """A node asked to join without proof that it holds the cluster secret."""
 
     code = "bad_secret"
+
+
+class ClosedError(HraftdError):
+    """The store was closed: it answers nothing any more."""
+
+    code = "closed"
+
+
+class StorageFailedError(UnavailableError):
+    """This node's disk failed (a write or sync error): it stopped and reopens itself from disk. Not applied."""
+
+    code = "storage_failed"
+
+
+class InsufficientStorageError(HraftdError):
+    """No space is left on this node's disk for the log: writes are refused until space is freed. Not applied."""
+
+    code = "insufficient_storage"
+

@@ -14,7 +14,9 @@ import uuid
 from typing import Any
 
 from hraftd.errors import (
+    ClosedError,
     HraftdError,
+    InsufficientStorageError,
     MembershipConflictError,
     NotLeaderError,
     OutcomeUnknownError,
@@ -30,6 +32,8 @@ READ_LEVELS = ("linearizable", "stale")
 KEY_PATH_PREFIX = "/key/"
 _STATUS_OF = {
     UnavailableError: 503,
+    ClosedError: 503,
+    InsufficientStorageError: 507,
     NotLeaderError: 503,
     OutcomeUnknownError: 504,
     UnknownMemberError: 404,

@@ -27,7 +27,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 
-from hraftd import web
+from hraftd import datadir, web
 from hraftd.auth import TokenFile
 from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
@@ -88,35 +88,33 @@ def _peer_tls(settings: NodeSettings, worker: Any) -> ssl.SSLContext | None:
 
 def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
     """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
-    saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
     join = settings.join
     if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
         raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
-    if join and saved_peers:
-        log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
-                 settings.data_dir, join)
-        join = None
-    if join and saved_peers is not None:
-        raise StartupError(f"{settings.data_dir} holds a single-node cluster of its own; joining {join} would "
-                           "overwrite its data. Join with an empty data directory instead")
     deadline = time.monotonic() + settings.join_timeout
 
     def client(addr: str) -> Client:
         return Client(addr, timeout=max(deadline - time.monotonic(), 1.0), token=settings.auth_token,
                       ssl_context=peer_tls)
 
-    peers = _cluster_peers(client(join), deadline) if join else set()
+    if join and datadir.holds_member(settings.data_dir):
+        _check_same_cluster(settings, Client(join, timeout=2.0, token=settings.auth_token, ssl_context=peer_tls))
+        log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
+                 settings.data_dir, join)
+        join = None
+    secret, peers, cluster_id = settings.raft_secret, set(), None
+    if join:
+        secret, peers, cluster_id = _cluster_to_join(client(join), deadline, settings)
     if not settings.fsync:
         log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
                          http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
-                         secret=settings.raft_secret)
+                         secret=secret, insecure=settings.raft_insecure, cluster_id=cluster_id)
     if join:
-        proof = None
-        if settings.raft_secret:
-            proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr)
+        proof = join_proof(secret, settings.node_id, settings.raft_addr) if secret else None
         try:
-            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof),
+            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof,
+                                             force=settings.replace),
                    deadline, f"join the cluster at {join}")
         except StartupError:
             store.close()
@@ -134,6 +132,36 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     return store
 
 
+def _cluster_to_join(client: Client, deadline: float, settings: NodeSettings,
+                     ) -> tuple[str | None, set[str], str]:
+    """The secret to join with, the members to reach and the cluster's id. A node given no secret asks the
+    cluster for its own, which it gives only to its operator (an admin token, or the same user on the same
+    machine)."""
+    if settings.raft_secret or settings.raft_insecure:
+        status = _retry(client.status, deadline, f"reach the node at {client.base_url}")
+        return settings.raft_secret, {member["raft_addr"] for member in status["members"]}, status["cluster_id"]
+    answer = _retry(client.join_secret, deadline, f"reach the node at {client.base_url} and get the cluster secret")
+    if answer["secret"] is None:
+        raise StartupError(f"the cluster at {client.base_url} runs Raft without a secret: start this node with "
+                           "-raft-insecure to join it")
+    datadir.write_secret(settings.data_dir, answer["secret"])
+    return answer["secret"], set(answer["members"]), answer["cluster_id"]
+
+
+def _check_same_cluster(settings: NodeSettings, client: Client) -> None:
+    """A data dir of one cluster never joins another: it would mix their data. If the node to join does not
+    answer at once, the restart goes on from the data (it may be the one that is down)."""
+    identity = datadir.read_identity(settings.data_dir)
+    try:
+        theirs = client.status()["cluster_id"]
+    except (ClientError, OSError, KeyError, ValueError):
+        return
+    if identity is not None and theirs != identity.cluster_id:
+        raise StartupError(f"{settings.data_dir} holds a member of another cluster ({identity.cluster_id}) than "
+                           f"the one at {settings.join} ({theirs}); joining would mix their data. Join with an "
+                           "empty data directory instead")
+
+
 def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
     """Load a backup into the new one-node cluster, in entries of 1000 keys."""
     with open(settings.restore, "rb") as file:
@@ -147,11 +175,6 @@ def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
         store.update(dict(items[start:start + 1000]))
     log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
              backup.get("raft_index"), backup.get("node"))
-
-
-def _cluster_peers(client: Client, deadline: float) -> set[str]:
-    status = _retry(client.status, deadline, f"reach the node at {client.base_url}")
-    return {member["raft_addr"] for member in status["members"]}
 
 
 def _retry(action: Callable[[], Any], deadline: float, what: str) -> Any:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +16,6 @@ def normalize_addr(addr: str) -> str:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"address {addr!r} is not HOST:PORT (or :PORT for localhost)")
     return f"{host or 'localhost'}:{int(port)}"
-
-
-def is_loopback(addr: str) -> bool:
-    """Whether ``host:port`` names this machine only (an unresolvable host is not)."""
-    host = addr.rpartition(":")[0].strip("[]")
-    try:
-        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
-    except (OSError, ValueError):
-        return False
 
 
 MAX_KEY_BYTES = 2048  # x3 when percent-encoded, plus the rest of the line: under gunicorn's 8190-byte limit
@@ -72,6 +61,7 @@ class NodeSettings:
     tls_key: Path | None = None
     tls_ca: Path | None = None
     restore: Path | None = None
+    replace: bool = False  # join in place of a member with this id (or raft address) that is gone for good
     log_level: str = "info"
     log_json: bool = False
     access_log: bool = False
@@ -93,12 +83,9 @@ class NodeSettings:
             raise ValueError(f"unknown log level {self.log_level!r}: use debug, info, warning or error")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key")
-        if not self.raft_secret and not self.raft_insecure and not is_loopback(self.raft_addr):
-            raise ValueError(
-                f"refusing to serve raft on {self.raft_addr} without a cluster secret: anyone who reaches that "
-                "port could change the membership or run code. Give a secret (-raft-secret-file or "
-                "HRAFTD_RAFT_SECRET), or accept the risk explicitly with -raft-insecure"
-            )
+        if self.raft_secret is not None and len(self.raft_secret) < 16:
+            raise ValueError("the cluster secret must have at least 16 characters (see docs/security.md for a way to "
+                             "make one)")
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] = os.environ) -> NodeSettings:

@@ -16,8 +16,22 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, NamedTuple
 
-from pysyncobj import SyncObjConsumer, replicated
 from sortedcontainers import SortedList
+
+from hraftd.commands import (
+    BadCommand,
+    check_compare,
+    check_items,
+    check_key,
+    check_operation,
+    check_prefix,
+    check_text,
+    is_number,
+    json_equal,
+    optional_int,
+    optional_list,
+    short,
+)
 
 
 class Applied(NamedTuple):
@@ -30,17 +44,10 @@ class Applied(NamedTuple):
 # A key's record: (value, create_revision, mod_revision, version, lease id or None). A tuple is replaced on
 # every write, never changed in place, so a dump or a read result never sees half of one.
 _VALUE, _CREATE, _MOD, _VERSION, _LEASE = range(5)
-_TARGETS = {"value": _VALUE, "create_revision": _CREATE, "mod_revision": _MOD, "version": _VERSION}
-_COMPARE_OPS = ("=", "!=", "<", ">")
-_TXN_OPERATIONS = ("set", "delete", "delete_prefix", "get", "range")
-_JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_FIELD_OF_TARGET = {"value": _VALUE, "create_revision": _CREATE, "mod_revision": _MOD, "version": _VERSION}
 _LAST_CHAR = chr(0x10FFFF)
 _DUMP_FORMAT = 1
 _Outcome = tuple[dict[str, Any], list[dict[str, Any]]]  # a command's result and events
-
-
-class _BadCommand(Exception):
-    """A command refused as a whole; raised only before anything changed."""
 
 
 class _Lease:
@@ -96,25 +103,25 @@ class KVState:
             self._forget_expired()
         try:
             return self._apply(command)
-        except _BadCommand as refusal:
+        except BadCommand as refusal:
             return Applied({"error": "bad_command", "message": str(refusal)}, [])
         except Exception as error:  # a bug: answered rather than raised, so no node's apply thread dies of it
             return Applied({"error": "internal_error", "message": f"{type(error).__name__} in apply"}, [])
 
     def _apply(self, command: Any) -> Applied:
         if type(command) is not dict:
-            raise _BadCommand(f"a command is a dict, not {type(command).__name__}")
+            raise BadCommand(f"a command is a dict, not {type(command).__name__}")
         op = command.get("op")
         handler = _HANDLERS.get(op) if type(op) is str else None
         if handler is None:
-            raise _BadCommand(f"unknown op {_short(op)}")
+            raise BadCommand(f"unknown op {short(op)}")
         if not command.keys() <= _FIELDS[op]:
-            unknown = ", ".join(_short(field) for field in command if field not in _FIELDS[op])
-            raise _BadCommand(f"unknown fields for {op}: {unknown}")
+            unknown = ", ".join(short(field) for field in command if field not in _FIELDS[op])
+            raise BadCommand(f"unknown fields for {op}: {unknown}")
         idempotency_key = command.get("idempotency_key")
         if idempotency_key is not None:
             if type(idempotency_key) is not str or not idempotency_key:
-                raise _BadCommand("idempotency_key must be a non-empty string")
+                raise BadCommand("idempotency_key must be a non-empty string")
             remembered = self._remembered.get(idempotency_key)
             if remembered is not None:
                 return Applied(remembered[0], [])
@@ -137,12 +144,12 @@ class KVState:
             remembered.popitem(last=False)
 
     def _put(self, command: dict[str, Any]) -> _Outcome:
-        items = _check_items(command.get("items"))
-        lease = _optional_int(command, "lease")
-        if_revision = _optional_int(command, "if_revision", minimum=0)
+        items = check_items(command.get("items"))
+        lease = optional_int(command, "lease")
+        if_revision = optional_int(command, "if_revision", minimum=0)
         if if_revision is not None:
             if len(items) != 1:
-                raise _BadCommand("a put with if_revision takes exactly one item")
+                raise BadCommand("a put with if_revision takes exactly one item")
             refusal = self._precondition_refusal(next(iter(items)), if_revision)
             if refusal:
                 return refusal, []
@@ -154,8 +161,8 @@ class KVState:
         return {"revision": revision}, events
 
     def _delete(self, command: dict[str, Any]) -> _Outcome:
-        key = _check_key(command.get("key"))
-        if_revision = _optional_int(command, "if_revision", minimum=0)
+        key = check_key(command.get("key"))
+        if_revision = optional_int(command, "if_revision", minimum=0)
         if if_revision is not None:
             refusal = self._precondition_refusal(key, if_revision)
             if refusal:
@@ -166,17 +173,17 @@ class KVState:
         return {"deleted": True, "revision": self.revision}, [self._remove(key, self.revision, "delete")]
 
     def _delete_prefix(self, command: dict[str, Any]) -> _Outcome:
-        events = self._remove_prefix(_check_prefix(command.get("prefix")), self.revision + 1)
+        events = self._remove_prefix(check_prefix(command.get("prefix")), self.revision + 1)
         if events:
             self.revision += 1
         return {"deleted": len(events), "revision": self.revision}, events
 
     def _txn(self, command: dict[str, Any]) -> _Outcome:
-        compares, success, failure = (_optional_list(command, name) for name in ("compare", "success", "failure"))
+        compares, success, failure = (optional_list(command, name) for name in ("compare", "success", "failure"))
         for compare in compares:
-            _check_compare(compare)
+            check_compare(compare)
         for operation in success + failure:
-            _check_operation(operation)
+            check_operation(operation)
         succeeded = all(self._holds(compare) for compare in compares)
         branch = success if succeeded else failure
         for operation in branch:  # the only refusal that depends on the state; nothing has changed yet
@@ -215,10 +222,10 @@ class KVState:
         return {"revision": self.revision}, []
 
     def _set_member(self, command: dict[str, Any]) -> _Outcome:
-        node_id, raft_addr = _check_text(command, "id"), _check_text(command, "raft_addr")
+        node_id, raft_addr = check_text(command, "id"), check_text(command, "raft_addr")
         http_addr = command.get("http_addr")
         if http_addr is not None:
-            http_addr = _check_text(command, "http_addr")
+            http_addr = check_text(command, "http_addr")
         # One raft address belongs to one id: a node that rejoins under a new id replaces its old entry.
         for other_id, member in list(self.members.items()):
             if other_id != node_id and member["raft_addr"] == raft_addr:
@@ -227,13 +234,13 @@ class KVState:
         return {}, []
 
     def _forget_member(self, command: dict[str, Any]) -> _Outcome:
-        self.members.pop(_check_text(command, "id"), None)
+        self.members.pop(check_text(command, "id"), None)
         return {}, []
 
     def _lease_grant(self, command: dict[str, Any]) -> _Outcome:
         ttl = command.get("ttl")
         if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
-            raise _BadCommand(f"ttl must be a positive number of seconds, not {_short(ttl)}")
+            raise BadCommand(f"ttl must be a positive number of seconds, not {short(ttl)}")
         lease_id = self._next_lease_id
         self._next_lease_id += 1
         self._leases[lease_id] = _Lease(ttl, set())
@@ -246,9 +253,9 @@ class KVState:
         return self._end_lease(command, "expire")
 
     def _end_lease(self, command: dict[str, Any], event_type: str) -> _Outcome:
-        lease_id = _optional_int(command, "id")
+        lease_id = optional_int(command, "id")
         if lease_id is None:
-            raise _BadCommand("id must be an integer")
+            raise BadCommand("id must be an integer")
         lease = self._leases.get(lease_id)
         if lease is None:
             return {"revoked": False, "deleted": 0, "revision": self.revision}, []
@@ -298,11 +305,11 @@ class KVState:
                 return op == "!="
             actual = record[_VALUE]
             if op in ("=", "!="):
-                return _json_equal(actual, expected) == (op == "=")
-            if not (_is_number(actual) and _is_number(expected)) and not (type(actual) is type(expected) is str):
+                return json_equal(actual, expected) == (op == "=")
+            if not (is_number(actual) and is_number(expected)) and not (type(actual) is type(expected) is str):
                 return False
         else:
-            actual = 0 if record is None else record[_TARGETS[target]]
+            actual = 0 if record is None else record[_FIELD_OF_TARGET[target]]
         if op == "=":
             return actual == expected
         if op == "!=":
@@ -424,191 +431,7 @@ _FIELDS = {op: frozenset(("op", *fields, *(() if op == "barrier" else ("idempote
            for op, fields in _OWN_FIELDS.items()}
 
 
-# Checks of command fields: each returns the checked value or raises _BadCommand.
-
-def _short(value: Any) -> str:
-    """A description of any input for an error message: short, and never a memory address."""
-    if type(value) in (str, float, bool, type(None)) or (type(value) is int and value.bit_length() < 64):
-        text = repr(value)
-        return text if len(text) <= 60 else text[:57] + "..."
-    return f"a value of type {type(value).__name__}"
-
-
-def _check_key(key: Any, what: str = "a key") -> str:
-    if type(key) is not str or not key:
-        raise _BadCommand(f"{what} must be a non-empty string, not {_short(key)}")
-    return key
-
-
-def _check_prefix(prefix: Any) -> str:
-    if type(prefix) is not str:
-        raise _BadCommand(f"a prefix must be a string, not {_short(prefix)}")
-    return prefix
-
-
-def _check_text(command: dict[str, Any], field: str) -> str:
-    return _check_key(command.get(field), field)
-
-
-def _optional_int(command: dict[str, Any], field: str, minimum: int | None = None) -> int | None:
-    value = command.get(field)
-    if value is not None and (type(value) is not int or (minimum is not None and value < minimum)):
-        raise _BadCommand(f"{field} must be an integer{'' if minimum is None else f' >= {minimum}'}, "
-                          f"not {_short(value)}")
-    return value
-
-
-def _optional_list(command: dict[str, Any], field: str) -> list[Any]:
-    value = command.get(field, [])
-    if type(value) is not list:
-        raise _BadCommand(f"{field} must be a list, not {_short(value)}")
-    return value
-
-
-def _check_items(items: Any) -> dict[str, Any]:
-    if type(items) is not dict or not items:
-        raise _BadCommand("items must be a non-empty dict of keys to values")
-    for key, value in items.items():
-        _check_key(key)
-        if type(value) not in _JSON_SCALARS:  # the common case without a call
-            _check_json(value)
-    return items
-
-
-def _check_json(value: Any) -> None:
-    """A JSON value: exact JSON types, str keys, finite floats, and a tree (no container twice, so no cycle)."""
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in _JSON_SCALARS:
-            continue
-        if kind is float:
-            if not math.isfinite(item):
-                raise _BadCommand("NaN and infinite numbers are not JSON")
-        elif kind is dict or kind is list:
-            if id(item) in seen:
-                raise _BadCommand("a value must be a tree: a container appears in it twice")
-            seen.add(id(item))
-            if kind is list:
-                stack.extend(item)
-            elif any(type(name) is not str for name in item):
-                raise _BadCommand("the names in a JSON object must be strings")
-            else:
-                stack.extend(item.values())
-        else:
-            raise _BadCommand(f"a value of type {kind.__name__} is not JSON")
-
-
-def _check_compare(compare: Any) -> None:
-    if type(compare) is not dict or compare.keys() != {"key", "target", "op", "value"}:
-        raise _BadCommand("a compare is a dict of exactly key, target, op and value")
-    _check_key(compare["key"])
-    target, op, value = compare["target"], compare["op"], compare["value"]
-    if type(target) is not str or target not in _TARGETS:
-        raise _BadCommand(f"unknown compare target {_short(target)}")
-    if type(op) is not str or op not in _COMPARE_OPS:
-        raise _BadCommand(f"unknown compare op {_short(op)}")
-    if target == "value":
-        _check_json(value)
-    elif type(value) is not int:
-        raise _BadCommand(f"a compare of {target} needs an integer, not {_short(value)}")
-
-
-def _check_operation(operation: Any) -> None:
-    kinds = [kind for kind in _TXN_OPERATIONS if type(operation) is dict and kind in operation]
-    allowed = {"set", "lease"} if kinds == ["set"] else set(kinds)
-    if len(kinds) != 1 or not operation.keys() <= allowed:
-        raise _BadCommand(f"an operation is a dict of one of {', '.join(_TXN_OPERATIONS)} (and lease with set)")
-    argument = operation[kinds[0]]
-    if kinds[0] == "set":
-        _check_items(argument)
-        _optional_int(operation, "lease")
-    elif kinds[0] in ("delete", "get"):
-        _check_key(argument)
-    elif kinds[0] == "delete_prefix":
-        _check_prefix(argument)
-    else:
-        if type(argument) is not dict or not argument.keys() <= {"prefix", "limit"}:
-            raise _BadCommand("a range is a dict of prefix and limit")
-        _check_prefix(argument.get("prefix", ""))
-        _optional_int(argument, "limit", minimum=1)
-
-
-# Values and keys
-
-def _is_number(value: Any) -> bool:
-    return type(value) is int or type(value) is float  # not bool
-
-
-def _json_equal(first: Any, second: Any) -> bool:
-    """Equality of JSON values: true is not 1, 1 is 1.0. Iterative, so no depth can exhaust the stack."""
-    pairs = [(first, second)]
-    while pairs:
-        a, b = pairs.pop()
-        if type(a) is dict:
-            if type(b) is not dict or a.keys() != b.keys():
-                return False
-            pairs.extend((a[name], b[name]) for name in a)
-        elif type(a) is list:
-            if type(b) is not list or len(a) != len(b):
-                return False
-            pairs.extend(zip(a, b, strict=True))
-        elif (type(a) is bool) != (type(b) is bool) or a != b:
-            return False
-    return True
-
-
 def _prefix_end(prefix: str) -> str | None:
     """The least string above every string that starts with ``prefix``; None if there is none."""
     stem = prefix.rstrip(_LAST_CHAR)
     return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
-
-
-# The previous state machine, still used by the store until the Raft layer switches to KVState.
-
-_MISSING = object()
-
-
-class KVStateMachine(SyncObjConsumer):
-    """A dict plus the cluster's member table, replicated by PySyncObj.
-
-    Everything assigned in ``__init__`` after ``super().__init__()`` is the snapshot: keep it picklable.
-    ``revision`` counts the changes to the data, like etcd's revision: equal revisions mean equal data.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data: dict[str, Any] = {}
-        self.members: dict[str, dict[str, str | None]] = {}
-        self.revision = 0
-
-    @replicated
-    def put_many(self, items: dict[str, Any]) -> int:
-        self.data.update(items)
-        self.revision += 1
-        return self.revision
-
-    @replicated
-    def delete_key(self, key: str) -> tuple[bool, int]:
-        existed = self.data.pop(key, _MISSING) is not _MISSING
-        if existed:
-            self.revision += 1
-        return existed, self.revision
-
-    @replicated
-    def barrier(self) -> int:
-        """A no-op entry: once it is applied here, everything committed before it is applied too."""
-        return self.revision
-
-    @replicated
-    def set_member(self, node_id: str, raft_addr: str, http_addr: str | None) -> None:
-        # One raft address belongs to one id: a node that rejoins under a new id replaces its old entry.
-        for other_id, member in list(self.members.items()):
-            if other_id != node_id and member["raft_addr"] == raft_addr:
-                del self.members[other_id]
-        self.members[node_id] = {"raft_addr": raft_addr, "http_addr": http_addr}
-
-    @replicated
-    def forget_member(self, node_id: str) -> None:
-        self.members.pop(node_id, None)

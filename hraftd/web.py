@@ -16,6 +16,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -23,8 +24,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
+from hraftd import peercred
 from hraftd.auth import TokenFile, allows
-from hraftd.errors import HraftdError, NotLeaderError, OutcomeUnknownError, UnavailableError
+from hraftd.errors import HraftdError, NotLeaderError, OutcomeUnknownError, UnavailableError, WrongSecretError
 from hraftd.fastpath import KeyFastPath
 from hraftd.metrics import NodeMetrics
 from hraftd.protocol import (
@@ -51,8 +53,11 @@ _ROLE_OF_ENDPOINT = {
     "api.set_keys": "write",
     "api.delete_key": "write",
     "api.join": "admin",
+    "api.join_secret": "admin",
     "api.remove": "admin",
 }
+# Without tokens, these need the node's operator: a process of the user running it (or root), on its machine.
+_OPERATOR_ONLY = frozenset({"api.join_secret", "api.remove"})
 # The query parameters each endpoint accepts; any other is refused rather than silently ignored.
 _PARAMETERS_OF_ENDPOINT = {"api.get_key": {"level"}}
 
@@ -64,12 +69,15 @@ class Store(Protocol):
     timeout: float
     applied_index: int
     revision: int
+    secret: str | None
+    cluster_id: str
 
     def sync_reads(self, level: str) -> None: ...
     def read(self, key: str, *, level: str) -> Any: ...
     def update(self, items: dict[str, Any]) -> int: ...
     def delete(self, key: str) -> bool: ...
-    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None, proof: str | None) -> bool: ...
+    def add_member(self, node_id: str, raft_addr: str, http_addr: str | None, proof: str | None,
+                   force: bool) -> bool: ...
     def remove_member(self, node_id: str) -> None: ...
     def status(self) -> dict[str, Any]: ...
     def stats(self) -> dict[str, Any]: ...
@@ -94,14 +102,17 @@ def create_app(
     limits: Limits | None = None,
     tokens: TokenFile | None = None,
     peer_tls: ssl.SSLContext | None = None,
+    operator: Callable[[str, int], bool] = peercred.is_operator,
 ) -> Flask:
-    """The API of one node. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak HTTPS."""
+    """The API of one node. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak HTTPS.
+    ``operator``: whether a client at (ip, port) is this node's operator, who may change membership without
+    tokens."""
     limits = limits or Limits()
     app = Flask("hraftd", static_folder=None)  # an API only: no static files for anyone
     app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
     app.url_map.converters["key"] = KeyConverter
     metrics = NodeMetrics(store)
-    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics,
+    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics, OPERATOR=operator,
                       MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
@@ -165,11 +176,26 @@ def join() -> Response:
     node_id, raft_addr = _string_field(body, "id"), _address_field(body, "addr")
     http_addr = _address_field(body, "http_addr") if body.get("http_addr") is not None else None
     proof = _string_field(body, "proof") if body.get("proof") is not None else None
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("field 'force' must be true or false", "bad_field")
+    store = _store()
+    if current_app.config["TOKENS"] is None and store.secret and proof is None and not _from_operator():
+        raise WrongSecretError("a node may join only with proof that it holds the cluster secret, or when the "
+                               "request comes from this node's own user on this machine")
     try:
-        changed = _store().add_member(node_id, raft_addr, http_addr, proof)
+        changed = store.add_member(node_id, raft_addr, http_addr, proof, force)
     except NotLeaderError as error:
         return _forward_to_leader(error, body)
     return jsonify(id=node_id, addr=raft_addr, http_addr=http_addr, changed=changed)
+
+
+@api.post("/join/secret")
+def join_secret() -> Response:
+    """The cluster secret and members, for a node about to join (admin; without tokens, the operator only)."""
+    store = _store()
+    return jsonify(secret=store.secret, cluster_id=store.cluster_id,
+                   members=[member["raft_addr"] for member in store.status()["members"]])
 
 
 @api.delete("/remove")
@@ -306,6 +332,9 @@ def _refuse_unknown_parameters() -> None:
 def _authorize() -> None:
     tokens: TokenFile | None = current_app.config["TOKENS"]
     needed = _ROLE_OF_ENDPOINT.get(request.endpoint or "", "read" if request.url_rule is None else None)
+    if tokens is None and request.endpoint in _OPERATOR_ONLY and _store().secret and not _from_operator():
+        raise BadRequest("without tokens, only the user running this node (or root), on its machine, may do this: "
+                         "run it as that user, or give the nodes tokens (-auth-file)", "forbidden", 403)
     if tokens is None or needed is None:
         return
     role = tokens.role_of_authorization(request.headers.get("Authorization", ""))
@@ -313,6 +342,14 @@ def _authorize() -> None:
         raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
     if not allows(role, needed):
         raise BadRequest(f"this token's role is {role!r}; this request needs {needed!r}", "forbidden", 403)
+
+
+def _from_operator() -> bool:
+    try:
+        return current_app.config["OPERATOR"](request.environ.get("REMOTE_ADDR", ""),
+                                              int(request.environ.get("REMOTE_PORT") or 0))
+    except ValueError:
+        return False
 
 
 # ----- forwarding membership changes -----

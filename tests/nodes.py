@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import requests
 
 START_TIMEOUT = 30.0
+SECRET = "test-cluster-secret-0123456789"  # for in-process clusters given their peers up front
 
 
 _handed_out: set[int] = set()
@@ -55,8 +57,9 @@ class Node:
         self.http_addr = f"127.0.0.1:{free_port()}"
         self.raft_addr = f"127.0.0.1:{free_port()}"
         self.data_dir = data_dir
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.nofile: int | None = None  # a lower limit of open file descriptors for the node, if set
 
     @property
     def url(self) -> str:
@@ -78,9 +81,15 @@ class Node:
         return self.run(args, env)
 
     def run(self, args: list[str], env: dict[str, str] | None = None) -> Node:
+        nofile = self.nofile
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, env=env)
+                                            start_new_session=True, env=env, preexec_fn=limit)
         return self
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> Node:
@@ -149,8 +158,9 @@ class Cluster:
         self.tmp_path = tmp_path
         self.nodes: list[Node] = []
 
-    def node(self, name: str) -> Node:
-        node = Node(name, self.tmp_path / name, self.tmp_path)
+    def node(self, name: str, data_dir: str | None = None) -> Node:
+        """A node called ``name`` (its -id), with the data dir ``data_dir`` (default: its name) of this test."""
+        node = Node(name, self.tmp_path / (data_dir or name), self.tmp_path)
         self.nodes.append(node)
         return node
 

@@ -15,7 +15,7 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 @pytest.fixture
 def secret_file(tmp_path):
     path = tmp_path / "raft-secret"
-    path.write_text("example-secret\n")
+    path.write_text("example-secret-0123456789\n")
     return str(path)
 
 
@@ -25,7 +25,7 @@ def test_compose_commands_parse(secret_file):
     for name, service in compose["services"].items():
         argv = [secret_file if arg == "/run/secrets/raft_secret" else arg for arg in service["command"]]
         settings = parse_args(argv)
-        assert settings.node_id == name and settings.raft_secret == "example-secret"
+        assert settings.node_id == name and settings.raft_secret == "example-secret-0123456789"
         assert settings.http_addr == f"{name}:11000" and settings.raft_addr == f"{name}:12000"
         assert (settings.join is None) == (name == "node0")
 
@@ -45,4 +45,5 @@ def test_systemd_unit_command_parses(secret_file):
     program, *argv = shlex.split(expanded)
     assert program == "/opt/hraftd/bin/hraftd"
     settings = parse_args(argv)
-    assert (settings.node_id, settings.join, settings.raft_secret) == ("node1", "10.0.0.4:11000", "example-secret")
+    assert (settings.node_id, settings.join) == ("node1", "10.0.0.4:11000")
+    assert settings.raft_secret == "example-secret-0123456789"

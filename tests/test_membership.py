@@ -39,20 +39,34 @@ def test_remove_a_follower_then_the_leader_from_any_node(cluster):
     assert followers[0].value("after-removal") == 1
 
 
-def test_rejoining_under_a_new_id_or_address_replaces_the_old_entry(cluster):
+def test_a_join_never_takes_the_id_or_address_of_a_connected_member(cluster):
     node0, node1, node2 = cluster.start(3)
+    leader = cluster.leader()
+    for body in ({"id": "node2-renamed", "addr": node2.raft_addr, "http_addr": node2.http_addr},
+                 {"id": "node2", "addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2"},
+                 {"id": leader.name, "addr": "127.0.0.1:1", "http_addr": "127.0.0.1:2", "force": True}):
+        refused = requests.post(f"{node1.url}/join", timeout=30, json=body)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["code"] == "membership_conflict" and "connected" in refused.json()["error"]
+    assert member_ids(node0) == {"node0", "node1", "node2"}
 
-    renamed = requests.post(f"{node1.url}/join", timeout=30,
-                            json={"id": "node2-renamed", "addr": node2.raft_addr, "http_addr": node2.http_addr})
-    assert renamed.status_code == 200 and renamed.json()["changed"] is True
-    wait_for(lambda: member_ids(node0) == {"node0", "node1", "node2-renamed"}, 10, "the rename to apply")
+    # A copy-pasted -id of a healthy member: the new node is refused, the member keeps its place.
+    twin = cluster.node("node2", data_dir="twin").start(join=node0)
+    assert twin.process.wait(60) == 3
+    assert "belongs to the member at" in twin.log() and node2.raft_addr in twin.log()
+    assert node2.status()["role"] == "follower" and member_ids(node0) == {"node0", "node1", "node2"}
 
-    # The machine of node2 dies and is replaced: same id, new addresses, empty data dir.
-    node2.kill()
-    replacement = cluster.node("node2-renamed").start(join=node0).wait_ready()
+
+def test_a_member_gone_for_good_is_replaced_only_when_asked(cluster):
+    node0, _, node2 = cluster.start(3)
+    node2.kill()  # its machine dies; a new one takes its id, with new addresses and an empty data dir
+    refused = cluster.node("node2", data_dir="new-node2").start(join=node0)
+    assert refused.process.wait(60) == 3
+    assert "-replace" in refused.log()
+    replacement = cluster.node("node2", data_dir="newer-node2").start(node0, "-replace").wait_ready()
     members = {m["id"]: m for m in node0.status()["members"]}
-    assert set(members) == {"node0", "node1", "node2-renamed"}
-    assert members["node2-renamed"]["raft_addr"] == replacement.raft_addr
+    assert set(members) == {"node0", "node1", "node2"}
+    assert members["node2"]["raft_addr"] == replacement.raft_addr
     assert node2.raft_addr not in {m["raft_addr"] for m in members.values()}
     assert node0.set({"replaced": 1}).status_code == 200
     assert replacement.value("replaced") == 1
@@ -72,5 +86,5 @@ def test_a_data_dir_with_its_own_cluster_refuses_to_join(cluster):
     solo.set({"mine": 1})
     solo.signal_and_wait(15)
     solo.start(node0)
-    assert solo.process.wait(30) != 0
-    assert "holds a single-node cluster of its own" in solo.log()
+    assert solo.process.wait(30) == 3
+    assert "holds a member of another cluster" in solo.log()

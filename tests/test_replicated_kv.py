@@ -5,17 +5,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from nodes import free_port, wait_for
-from pysyncobj.serializer import Serializer
+from nodes import SECRET, free_port, wait_for
 
 from hraftd import STALE, OutcomeUnknownError, ReplicatedKV, UnavailableError
+from hraftd.errors import ClosedError
+from hraftd.state import KVState
 
 
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory):
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    kvs = [ReplicatedKV(addr, [a for a in addrs if a != addr], data_dir=tmp_path_factory.mktemp(f"kv{i}"))
-           for i, addr in enumerate(addrs)]
+    kvs = [ReplicatedKV(addr, [a for a in addrs if a != addr], data_dir=tmp_path_factory.mktemp(f"kv{i}"),
+                        secret=SECRET) for i, addr in enumerate(addrs)]
     try:
         for kv in kvs:
             kv.wait_ready(20)
@@ -82,7 +83,7 @@ def test_status_and_members(trio):
 
 def test_without_a_quorum_calls_fail_fast_and_say_so(tmp_path):
     peers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]  # nobody runs there
-    with ReplicatedKV(f"127.0.0.1:{free_port()}", peers, data_dir=tmp_path, timeout=0.5) as kv:
+    with ReplicatedKV(f"127.0.0.1:{free_port()}", peers, data_dir=tmp_path, timeout=0.5, secret=SECRET) as kv:
         with pytest.raises(UnavailableError, match="no leader"):
             kv["a"] = 1
         with pytest.raises(UnavailableError):
@@ -125,27 +126,27 @@ def test_a_node_restarting_from_a_slow_snapshot_leaves_the_leader_alone(tmp_path
     dirs = [tmp_path / f"kv{i}" for i in range(3)]
 
     def open_kv(i: int) -> ReplicatedKV:
-        return ReplicatedKV(addrs[i], [a for a in addrs if a != addrs[i]], data_dir=dirs[i])
+        return ReplicatedKV(addrs[i], [a for a in addrs if a != addrs[i]], data_dir=dirs[i], secret=SECRET)
 
     kvs = [open_kv(i) for i in range(3)]
     try:
         for kv in kvs:
             kv.wait_ready(20)
-        with ThreadPoolExecutor(8) as pool:  # past 5,000 entries every node compacts its log into a snapshot
-            list(pool.map(lambda i: kvs[i % 3].update({f"k{i % 100}": i}), range(5100)))
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: kvs[i % 3].update({f"k{i % 100}": i}), range(300)))
         follower = next(i for i, kv in enumerate(kvs) if not kv.is_leader())
         wait_for(lambda: (dirs[follower] / "raft.snapshot").exists(), 30, "the follower's snapshot")
         leader = next(kv for kv in kvs if kv.is_leader())
         term = leader.status()["term"]
         kvs[follower].close()
 
-        load = Serializer.deserialize
+        load = KVState.load
 
-        def slow_load(self: Serializer) -> Any:
+        def slow_load(data: Any) -> KVState:
             time.sleep(2.0)  # longer than the longest election timeout (1.4 s)
-            return load(self)
+            return load(data)
 
-        monkeypatch.setattr(Serializer, "deserialize", slow_load)
+        monkeypatch.setattr(KVState, "load", slow_load)
         kvs[follower] = open_kv(follower)
         kvs[follower].wait_ready(30)
         assert kvs[follower].snapshot(level=STALE) == leader.snapshot()
@@ -158,7 +159,7 @@ def test_a_node_restarting_from_a_slow_snapshot_leaves_the_leader_alone(tmp_path
             kv.close()
 
 
-def test_linearizable_reads_on_the_leader_need_no_log_entry_and_on_a_follower_a_barrier(trio):
+def test_linearizable_reads_need_no_log_entry_on_the_leader_or_on_a_follower(trio):
     leader = next(kv for kv in trio if kv.is_leader())
     follower = next(kv for kv in trio if not kv.is_leader())
     leader.update({"read-index": 1})
@@ -166,34 +167,16 @@ def test_linearizable_reads_on_the_leader_need_no_log_entry_and_on_a_follower_a_
     before = leader.applied_index
     for _ in range(20):
         assert leader.read("read-index") == 1
-    assert leader.applied_index == before  # confirmed by a quorum's answers, not by an entry
-    assert follower.read("read-index") == 1
-    assert leader.applied_index > before  # a follower's read still commits a barrier entry on the leader
+        assert follower.read("read-index") == 1
+    assert leader.applied_index == before == follower.applied_index  # confirmed by a quorum's answers
 
 
-def test_a_leader_read_whose_confirmation_never_comes_falls_back_to_a_barrier(trio, monkeypatch):
-    """E.g. followers of an older release that do not echo the sequence numbers: slower, still correct."""
-    from hraftd import store
-
-    leader = next(kv for kv in trio if kv.is_leader())
-    leader.update({"fallback": 1})
-    monkeypatch.setattr(store._BatchingSyncObj, "next_append_seq", lambda self: (b"other run", 1))  # never counts
-    before = leader.applied_index
+def test_a_closed_store_says_so_at_once(tmp_path):
+    kv = ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path)
+    kv.wait_ready(10)
+    kv.close()
     started = time.monotonic()
-    assert leader.read("fallback") == 1
-    assert time.monotonic() - started >= store._LEADER_READ_PATIENCE
-    assert leader.applied_index > before
-
-
-def test_leader_read_state_stays_out_of_raft_snapshots(trio):
-    """PySyncObj snapshots the attributes a SyncObj gains after its __init__ and restores them from a snapshot:
-    pending read callbacks would make compaction fail, and a restored sequence number or process id would let
-    an answer meant for an earlier run count."""
-    leader = next(kv for kv in trio if kv.is_leader())
-    leader.update({"snapshot-state": 1})
-    for kv in trio:
-        assert kv.read("snapshot-state") == 1
-    for kv in trio:
-        sync = kv._sync
-        in_snapshot = {name for name in sync.__dict__ if name not in sync._SyncObj__properies}
-        assert in_snapshot <= {"_SyncObj__enabledCodeVersion"}  # PySyncObj's own replicated code version
+    for call in (lambda: kv.get("a"), lambda: kv.update({"a": 1}), lambda: kv.delete("a"), lambda: len(kv)):
+        with pytest.raises(ClosedError):
+            call()
+    assert time.monotonic() - started < 1.0

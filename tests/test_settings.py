@@ -35,7 +35,7 @@ def test_long_flags_and_equals_forms():
 
 @pytest.mark.parametrize("argv", [[], ["-haddr", "nonsense", "d"], ["-raddr", ":99999", "d"],
                                   ["-threads", "0", "d"], ["-timeout", "-1", "d"], ["-max-body", "0", "d"],
-                                  ["-tls-cert", "c.pem", "d"], ["-raddr", "10.1.2.3:12000", "d"]])
+                                  ["-tls-cert", "c.pem", "d"]])
 def test_bad_flags_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
@@ -58,15 +58,16 @@ def test_settings_from_the_environment():
         NodeSettings.from_env({})
 
 
-def test_a_raft_address_off_this_machine_needs_a_secret_or_an_explicit_risk(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        parse_args(["-raddr", "192.0.2.7:12000", "d"])
-    assert "without a cluster secret" in capsys.readouterr().err
+def test_a_secret_file_is_read_and_a_short_secret_refused(tmp_path, capsys):
     secret_file = tmp_path / "secret"
-    secret_file.write_text("s3cret\n")
+    secret_file.write_text("s3cret-of-sixteen-chars\n")
     settings = parse_args(["-raddr", "192.0.2.7:12000", "-raft-secret-file", str(secret_file), "d"])
-    assert settings.raft_secret == "s3cret"
+    assert settings.raft_secret == "s3cret-of-sixteen-chars"
     assert "s3cret" not in repr(settings)
+    secret_file.write_text("s3cret\n")
+    with pytest.raises(SystemExit):
+        parse_args(["-raft-secret-file", str(secret_file), "d"])
+    assert "at least 16 characters" in capsys.readouterr().err
     assert parse_args(["-raddr", "192.0.2.7:12000", "-raft-insecure", "d"]).raft_secret is None
 
 

@@ -169,15 +169,41 @@ def decode_snapshot(content: bytes) -> Any:
 
 
 # ----- our log entries: a batch of state machine commands and the time it was proposed -----
+# Commands are plain data and come back exactly: lists stay lists, integers of any size stay integers, and
+# a string may hold a lone surrogate (JSON allows one).
+
+_BIG_INT = 1  # MessagePack extension type: an integer beyond 64 bits, as its decimal digits
+
+
+def _big_int(value: Any) -> msgpack.ExtType:
+    if type(value) is int:
+        return msgpack.ExtType(_BIG_INT, str(value).encode())
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+def _from_extension(code: int, data: bytes) -> Any:
+    if code != _BIG_INT:
+        raise DecodeError(f"unknown extension type {code}")
+    return int(data)
+
+
+def encode_plain(value: Any) -> bytes:
+    """One command; ``ValueError`` if it is not plain data."""
+    try:
+        return msgpack.packb(value, use_bin_type=True, default=_big_int, unicode_errors="surrogatepass")
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"not storable: {error}") from None
+
 
 def encode_command(log_time: float, commands: list[Any]) -> bytes:
-    """One log entry: commands are plain data (JSON-like), kept exactly (lists stay lists)."""
-    return msgpack.packb((log_time, commands), use_bin_type=True)
+    """One log entry: the time it was proposed and its commands."""
+    return encode_plain((log_time, commands))
 
 
 def decode_command(entry: bytes) -> tuple[float, list[Any]]:
     try:
-        log_time, commands = msgpack.unpackb(entry, raw=False, use_list=True, strict_map_key=True)
+        log_time, commands = msgpack.unpackb(entry, raw=False, use_list=True, strict_map_key=True,
+                                             ext_hook=_from_extension, unicode_errors="surrogatepass")
     except Exception as error:
         raise DecodeError(f"not a batch of commands: {type(error).__name__}") from None
     return log_time, commands

@@ -11,6 +11,10 @@ class NotApplied(RaftError):
     """Certainly not applied: no leader, refused, replaced by another leader's entry, or never proposed."""
 
 
+class Refused(NotApplied):
+    """The leader refused it (a membership change while another is pending, or before its first commit)."""
+
+
 class OutcomeUnknown(RaftError):
     """Proposed but not confirmed: it may be applied later, or never."""
 

@@ -268,11 +268,18 @@ class Journal:
         self.synced_index = self.last_index
         return True
 
-    def start_at(self, index: int) -> None:
-        """Drop every entry before ``index`` (at open, when a snapshot already holds them)."""
-        position = next((i for i, entry in enumerate(self._entries) if entry[1] == index), None)
+    def start_at(self, first: Entry) -> None:
+        """Drop every entry before ``first`` if the log holds it (at open: a snapshot already holds them)."""
+        position = next((i for i, entry in enumerate(self._entries) if entry == first), None)
         if position:
             self._rewrite(self._entries[position:])
+
+    def discard_after(self, index: int) -> None:
+        """Drop the entries after ``index`` (at open, after a sync failed: they may not be on disk)."""
+        position = next((i for i, entry in enumerate(self._entries) if entry[1] > index), None)
+        if position is not None:
+            self.deleteEntriesFrom(position)
+            self.sync()
 
     def _rewrite(self, entries: list[Entry]) -> None:
         self._check()

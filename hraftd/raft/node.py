@@ -12,6 +12,7 @@ state it cannot vouch for.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import contextlib
 import heapq
@@ -31,7 +32,15 @@ from pysyncobj.pipe_notifier import PipeNotifier
 
 from hraftd.raft import codec, compat
 from hraftd.raft.engine import LEADER, ROLES, Engine, Machine
-from hraftd.raft.errors import DamagedFile, NotApplied, OutcomeUnknown, RaftError, StorageError, StorageFull
+from hraftd.raft.errors import (
+    DamagedFile,
+    NotApplied,
+    OutcomeUnknown,
+    RaftError,
+    Refused,
+    StorageError,
+    StorageFull,
+)
 from hraftd.raft.journal import Journal
 from hraftd.raft.reads import ReadIndex
 from hraftd.raft.rules import RaftRules
@@ -63,6 +72,20 @@ class RaftOptions:
     preallocate_bytes: int = 8 << 20
 
 
+class LatencyHistogram:
+    """Counts of durations by upper bound (seconds), as Prometheus histograms want them; the last is +inf."""
+
+    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, float("inf"))
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(self.BOUNDS)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.BOUNDS, seconds)] += 1
+        self.sum += seconds
+
+
 class _Proposal:
     __slots__ = ("deadline", "done", "encoded", "finished", "submitted")
 
@@ -88,7 +111,11 @@ def _batch(log_time: float, encoded: list[bytes]) -> bytes:
 
 class RaftNode:
     def __init__(self, address: str, peers: list[str], data_dir: Path, state: Any, options: RaftOptions,
-                 on_applied: Callable[[list[Any], int], None] = lambda applied, revision: None) -> None:
+                 on_applied: Callable[[list[Any], int], None] = lambda applied, revision: None,
+                 discard_after: int | None = None, on_failure: Callable[[RaftError], None] = lambda error: None,
+                 ) -> None:
+        """``discard_after``: after a failed sync, the last index known to be on disk; anything later in the log
+        may not be, and was never acknowledged, so it is dropped."""
         compat.ensure_compatible()
         self.address = address
         self.options = options
@@ -99,6 +126,8 @@ class RaftNode:
         snapshot = codec.read_snapshot_file(self._snapshot_path)
         self.journal = Journal(str(self.data_dir / LOG_FILE), str(self.data_dir / STATE_FILE), self._snapshot_path,
                                fsync=options.fsync, chunk_bytes=options.preallocate_bytes)
+        if discard_after is not None:
+            self.journal.discard_after(discard_after)
         if snapshot is not None:
             self.journal.start_at(snapshot[2])  # a crash between a snapshot and the log's rewrite: finish it
         try:
@@ -109,9 +138,9 @@ class RaftNode:
         self.snapshots = 0
         self.snapshot_seconds = 0.0
         self._snapshot_started: float | None = None
-        self.journal.on_sync = lambda seconds: self.sync_seconds.append(seconds)
+        self.sync_latency = LatencyHistogram()
+        self.journal.on_sync = self.sync_latency.observe
         self.journal.on_compacted = self.snapshot_taken
-        self.sync_seconds: collections.deque[float] = collections.deque(maxlen=10_000)
         self.machine = Machine(state, on_applied)
         self.machine.on_serialize = self._snapshot_starting
         transports: list[RaftTransport] = []
@@ -139,6 +168,7 @@ class RaftNode:
         self._tasks: collections.deque[Callable[[], None]] = collections.deque()
         self._transferring_until = 0.0
         self._stopping = False
+        self._on_failure = on_failure
         self._last_leader: Any = None
         self._last_voters: frozenset[str] | None = None
         self._had_quorum: bool | None = None
@@ -177,10 +207,7 @@ class RaftNode:
         """Replicate ``command``; ``done(result, None)`` once it is applied on this node, else ``done(None,
         error)``: ``NotApplied``, ``OutcomeUnknown`` (at the deadline), ``StorageFull`` or ``StorageError``.
         ``ValueError`` at once if the command is not plain data or too large."""
-        try:
-            encoded = msgpack.packb(command, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as error:
-            raise ValueError(f"not storable: {error}") from None
+        encoded = codec.encode_plain(command)
         if len(encoded) > self.options.max_entry_bytes:
             raise ValueError(f"{len(encoded)} bytes; a write may take at most {self.options.max_entry_bytes}")
         self._proposals.append(_Proposal(encoded, done, time.monotonic() + timeout))
@@ -270,11 +297,16 @@ class RaftNode:
                     self.engine.election_deadline = time.monotonic() + self.options.max_election_timeout
                 self._expire()
                 self._observe()
+        except codec.DecodeError as error:  # an entry of the log is not ours: damaged, or put there by someone
+            self.failure = DamagedFile(self.journal.path, f"an entry cannot be applied: {error}")
+            log.error("the Raft node stops: %s", self.failure)
         except Exception as error:  # any error stops the node: it must not go on half-done
             self.failure = error if isinstance(error, RaftError) else StorageError(f"the Raft node stopped: {error}")
             log.error("the Raft node stops: %s", self.failure, exc_info=not isinstance(error, RaftError))
         finally:
             self._shut_down()
+        if self.failure is not None:
+            self._on_failure(self.failure)
 
     def _shut_down(self) -> None:
         error = self.failure or NotApplied("the node has stopped")
@@ -328,6 +360,8 @@ class RaftNode:
         return True
 
     def _error(self, code: int, what: str) -> RaftError:
+        if code == FAIL_REASON.REQUEST_DENIED:
+            return Refused(f"{what} was not applied: {_NOT_APPLIED[code]}; retry")
         if code in _NOT_APPLIED:
             return NotApplied(f"{what} was not applied: {_NOT_APPLIED[code]}; retry")
         return OutcomeUnknown(f"{what} lost contact with the leader before it was confirmed; outcome unknown")
@@ -406,8 +440,10 @@ class RaftNode:
         now = time.monotonic()
         if now - self._last_compaction_check > 1.0:
             self._last_compaction_check = now
+            # A node's first snapshot is taken at once: it lists every member, the founding one included,
+            # which the log alone does not (PySyncObj never logs the first member).
             if self.journal.size_bytes > self.options.compact_log_bytes or (
-                    engine.is_leader and not self.has_snapshot and engine.applied_index >= 3):
+                    not self.has_snapshot and engine.applied_index >= 3):
                 sync.forceLogCompaction()
         self.status = self._status()
 
@@ -418,7 +454,7 @@ class RaftNode:
         leader = self.engine.leader if hasattr(self, "engine") else None
         voters = sync.otherNodes
         return {
-            "role": self.role if self.failure is None else "stopped",
+            "role": self.role if self.failure is None and not self._stopping else "stopped",
             "term": sync.raftCurrentTerm,
             "commit_index": sync.raftCommitIndex,
             "applied_index": sync.raftLastApplied,
