@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("tls-key", type=Path, metavar="FILE", help="private key of -tls-cert (PEM)")
     option("tls-ca", type=Path, metavar="FILE",
            help="CA certificates to verify other nodes' HTTPS with (default: the system's)")
+    option("compact-log-bytes", type=int, default=64 << 20, metavar="BYTES",
+           help="take a snapshot and drop the log before it once the log holds this many bytes, so that memory "
+           "and disk stay bounded whatever is written (default 64 MiB)")
     option("restore", type=Path, metavar="FILE",
            help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup")
     option("log-level", default="info", choices=["debug", "info", "warning", "error"], help="(default info)")
@@ -87,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             raft_insecure=args.raft_insecure, auth_file=args.auth_file,
             auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, restore=args.restore,
-            replace=args.replace,
+            replace=args.replace, compact_log_bytes=args.compact_log_bytes,
             log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
         )
     except (ValueError, OSError) as error:

@@ -109,7 +109,8 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
         log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
                          http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
-                         secret=secret, insecure=settings.raft_insecure, cluster_id=cluster_id)
+                         secret=secret, insecure=settings.raft_insecure, cluster_id=cluster_id,
+                         compact_log_bytes=settings.compact_log_bytes)
     if join:
         proof = join_proof(secret, settings.node_id, settings.raft_addr) if secret else None
         try:

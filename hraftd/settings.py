@@ -62,6 +62,7 @@ class NodeSettings:
     tls_ca: Path | None = None
     restore: Path | None = None
     replace: bool = False  # join in place of a member with this id (or raft address) that is gone for good
+    compact_log_bytes: int = 64 << 20  # snapshot once the log holds this many bytes
     log_level: str = "info"
     log_json: bool = False
     access_log: bool = False
@@ -83,6 +84,8 @@ class NodeSettings:
             raise ValueError(f"unknown log level {self.log_level!r}: use debug, info, warning or error")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and its key")
+        if self.compact_log_bytes < 4096:
+            raise ValueError("-compact-log-bytes must be at least 4096")
         if self.raft_secret is not None and len(self.raft_secret) < 16:
             raise ValueError("the cluster secret must have at least 16 characters (see docs/security.md for a way to "
                              "make one)")
@@ -113,6 +116,7 @@ class NodeSettings:
             log_level=environ.get("HRAFTD_LOG_LEVEL", "info").lower(),
             io_timeout=float(environ.get("HRAFTD_IO_TIMEOUT", 10.0)),
             max_pending=int(environ.get("HRAFTD_MAX_PENDING", 64)),
+            compact_log_bytes=int(environ.get("HRAFTD_COMPACT_LOG_BYTES", 64 << 20)),
             limits=Limits(**{name: int(environ[f"HRAFTD_{name.upper()}"]) for name in LIMIT_NAMES
                              if environ.get(f"HRAFTD_{name.upper()}")}),
         )

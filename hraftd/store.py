@@ -45,6 +45,7 @@ class ReplicatedKV(Mapping):
     majority can lose acknowledged writes).
     ``secret``: authenticates and encrypts Raft traffic; every node needs the same one. Without one, a node
     alone makes its own (kept in ``data_dir``); a node with peers must be given one, or ``insecure=True``.
+    ``compact_log_bytes``: take a snapshot once the log holds this many bytes (memory and disk stay bounded).
     Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError` (may or may not be applied),
     :class:`InsufficientStorageError` (not applied), :class:`ClosedError` after ``close``.
     """
@@ -62,6 +63,7 @@ class ReplicatedKV(Mapping):
         secret: str | None = None,
         insecure: bool = False,
         cluster_id: str | None = None,
+        compact_log_bytes: int = 64 << 20,
     ) -> None:
         self.raft_addr = self_addr
         self.node_id = node_id or self_addr
@@ -72,19 +74,20 @@ class ReplicatedKV(Mapping):
         if cluster_id is None:
             cluster_id = datadir.static_cluster_id([self_addr, *self._peers]) if self._peers else \
                 datadir.new_cluster_id()
+        fresh = datadir.read_identity(self._data_dir) is None
         identity = datadir.claim(self._data_dir, self.node_id, self_addr, not self._peers, cluster_id)
         self.cluster_id = identity.cluster_id
         if not self._peers and not datadir.holds_member(self._data_dir) and not identity.bootstrapped:
             raise DataDirError(f"{self._data_dir} joined a cluster but never received its data: start it again "
                                "with -join (or with its peers) to fetch it")
-        self.secret = self._choose_secret(secret, insecure)
-        self._options = RaftOptions(fsync=fsync, secret=self.secret)
+        self.secret = self._choose_secret(secret, insecure, fresh)
+        self._options = RaftOptions(fsync=fsync, secret=self.secret, compact_log_bytes=compact_log_bytes)
         self._closed = False
         self._reopening = threading.Lock()
         self._node = self._open_at_start()
         self.membership = Membership(self)
 
-    def _choose_secret(self, secret: str | None, insecure: bool) -> str | None:
+    def _choose_secret(self, secret: str | None, insecure: bool, fresh: bool) -> str | None:
         if insecure:
             return None
         if secret is not None:
@@ -97,6 +100,9 @@ class ReplicatedKV(Mapping):
         if self._peers:
             raise ValueError("a cluster of several nodes needs a shared secret: pass secret=... (the same on every "
                              "node), or insecure=True to run Raft without authentication")
+        if not fresh:
+            raise DataDirError(f"{self._data_dir} holds no cluster secret: its cluster was started with an explicit "
+                               "secret (-raft-secret-file) or none (-raft-insecure); start this node the same way")
         made = datadir.new_secret()
         datadir.write_secret(self._data_dir, made)
         return made

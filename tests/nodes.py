@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import syscalls
 
 START_TIMEOUT = 30.0
 SECRET = "test-cluster-secret-0123456789"  # for in-process clusters given their peers up front
@@ -60,6 +61,8 @@ class Node:
         self.log_path = log_dir / f"{data_dir.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.nofile: int | None = None  # a lower limit of open file descriptors for the node, if set
+        self.trace: Path | None = None  # run under strace, writing its system calls there (see syscalls.py)
+        self.inject: str | None = None  # and make strace inject this fault (e.g. "fdatasync:error=EIO:when=20")
 
     @property
     def url(self) -> str:
@@ -82,6 +85,8 @@ class Node:
 
     def run(self, args: list[str], env: dict[str, str] | None = None) -> Node:
         nofile = self.nofile
+        if self.trace is not None:
+            args = syscalls.traced(args, self.trace, self.inject)
 
         def limit() -> None:
             if nofile is not None:

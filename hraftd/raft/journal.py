@@ -35,6 +35,7 @@ _FILE_HEADER = struct.Struct("<8sII")  # magic, format, CRC32 of the first 12 by
 _RECORD = struct.Struct("<IIQQI4x")  # command length, CRC32 of the command, index, term, CRC32 of the first 24 bytes
 _ALIGN = 32  # records start on 32-byte boundaries, so a record header never straddles a disk sector
 _SECTOR = 512
+_MEMBERSHIP = b"\x02"  # the first byte of PySyncObj's membership-change commands
 Entry = tuple[bytes, int, int]  # (command, raft index, term), as PySyncObj keeps them
 
 
@@ -214,7 +215,21 @@ class Journal:
             self._fd = -1
 
     def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        previous = self._hard.commit_index
         self._hard = HardState(self._hard.term, self._hard.voted_for, raftCommitIndex)
+        if raftCommitIndex > previous and self._commits_membership(previous, raftCommitIndex):
+            # On a restart PySyncObj rebuilds the membership from the snapshot and the committed entries only:
+            # a change it has committed must be known as committed after a crash, or the node would not know
+            # the members it needs to reach.
+            self.sync()
+            self.setCurrentTerm(self._hard.term, self._hard.voted_for)
+
+    def _commits_membership(self, after: int, upto: int) -> bool:
+        if not self._entries:
+            return False
+        first = self._entries[0][1]
+        start, end = max(after + 1 - first, 0), min(upto + 1 - first, len(self._entries))
+        return any(self._entries[i][0][:1] == _MEMBERSHIP for i in range(start, end))
 
     def getRaftCommitIndex(self) -> int:
         return min(self._hard.commit_index, self.last_index)

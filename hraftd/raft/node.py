@@ -437,13 +437,14 @@ class RaftNode:
         if not self._caught_up and sync.isReady():
             self._caught_up = True
             self._event(f"caught up with the leader at index {engine.applied_index}")
+        if self.journal.size_bytes > self.options.compact_log_bytes:
+            sync.forceLogCompaction()  # a flag: PySyncObj starts one snapshot when none is running
         now = time.monotonic()
         if now - self._last_compaction_check > 1.0:
             self._last_compaction_check = now
             # A node's first snapshot is taken at once: it lists every member, the founding one included,
             # which the log alone does not (PySyncObj never logs the first member).
-            if self.journal.size_bytes > self.options.compact_log_bytes or (
-                    not self.has_snapshot and engine.applied_index >= 3):
+            if not self.has_snapshot and engine.applied_index >= 3:
                 sync.forceLogCompaction()
         self.status = self._status()
 

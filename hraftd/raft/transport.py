@@ -52,6 +52,10 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+class _Mismatch(ValueError):
+    """The peer speaks our protocol but cannot be let in: worth telling the operator."""
+
+
 def _nonce(value: Any) -> bytes:
     if not isinstance(value, bytes) or len(value) != 32:
         raise ValueError("a nonce must be 32 bytes")
@@ -218,6 +222,7 @@ class RaftTransport(Transport):
         self._last_fd_warning = 0.0
         self._ready = True
         self._addresses: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._warned: dict[str, float] = {}
         for node in otherNodes:
             self.addNode(node)
         syncObj.addOnTickCallback(self._on_tick)
@@ -389,11 +394,19 @@ class RaftTransport(Transport):
             connection.mask = mask
             self._poller.subscribe(connection.fd, self._on_event, mask)
 
-    def close(self, connection: _Connection, reason: str) -> None:
+    def close(self, connection: _Connection, reason: str, warn: bool = False) -> None:
         if connection.closed:
             return
         connection.closed = True
-        log.debug("raft connection %s closed: %s", connection.peer_address or connection.fd, reason)
+        peer = connection.peer_address or f"descriptor {connection.fd}"
+        now = time.monotonic()
+        if warn and now - self._warned.get(peer, float("-inf")) > 60.0:  # what an operator must fix, once a minute
+            if len(self._warned) > 1000:  # peers choose what they claim to be: keep this bounded
+                self._warned.clear()
+            self._warned[peer] = now
+            log.warning("raft connection with %s refused: %s", peer, reason)
+        else:
+            log.debug("raft connection with %s closed: %s", peer, reason)
         self._poller.unsubscribe(connection.fd)
         self._by_fd.pop(connection.fd, None)
         self._pending.pop(connection.fd, None)
@@ -424,6 +437,8 @@ class RaftTransport(Transport):
                 self._on_handshake_as_listener(connection, message)
             else:
                 self._on_handshake_as_dialer(connection, message)
+        except _Mismatch as error:
+            self.close(connection, str(error), warn=True)
         except (KeyError, TypeError, ValueError) as error:
             self.close(connection, f"bad handshake: {error}")
 
@@ -439,9 +454,8 @@ class RaftTransport(Transport):
             return
         expected = self._mac(b"dialer", connection.peer_nonce, connection.nonce, connection.peer_address,
                              self._self.address)
-        if expected is not None and not hmac.compare_digest(expected, bytes(message["mac"])):
-            self.close(connection, f"{connection.peer_address} does not hold this cluster's secret")
-            return
+        if expected is not None and not hmac.compare_digest(expected, bytes(message["mac"] or b"")):
+            raise _Mismatch("it does not hold this cluster's secret")
         node = self._nodes.get(connection.peer_address)
         if node is None:
             self.close(connection, f"{connection.peer_address} is not a member")
@@ -455,8 +469,7 @@ class RaftTransport(Transport):
         connection.peer_address, connection.peer_nonce = node.address, _nonce(message["nonce"])
         expected = self._mac(b"listener", connection.nonce, connection.peer_nonce, self._self.address, node.address)
         if expected is not None and not hmac.compare_digest(expected, bytes(message["mac"] or b"")):
-            self.close(connection, f"{node.address} does not hold this cluster's secret")
-            return
+            raise _Mismatch("it does not hold this cluster's secret")
         mac = self._mac(b"dialer", connection.nonce, connection.peer_nonce, self._self.address, node.address)
         connection.send_frame(encode_message({"mac": mac}))
         if self._keys is not None:
@@ -465,7 +478,8 @@ class RaftTransport(Transport):
 
     def _check_secret_use(self, connection: _Connection, peer_has_secret: Any) -> None:
         if bool(peer_has_secret) != (self._keys is not None):
-            raise ValueError("one side has a cluster secret and the other does not")
+            raise _Mismatch("it runs Raft with a secret and this node without one (-raft-insecure)" if peer_has_secret
+                            else "it runs Raft without a secret (-raft-insecure) and this node with one")
 
     def _mac(self, role: bytes, nonce_dialer: bytes, nonce_listener: bytes, dialer: str, listener: str,
              ) -> bytes | None:
