@@ -214,7 +214,10 @@ class ReplicatedKV(Mapping):
         wait.wait(self.timeout if timeout is None else timeout)
 
     def _local(self, read: Callable[[KVState], Any]) -> Any:
-        machine = self.node.machine
+        """``read`` of the state this node has applied; also while the node reopens after a failure."""
+        if self._closed:
+            raise ClosedError("this store is closed")
+        machine = self._node.machine
         with machine.lock:
             return read(machine.state)
 
@@ -421,6 +424,7 @@ class ReplicatedKV(Mapping):
             "applied_index": node.engine.applied_index,
             "revision": self.revision,
             "ready": self.is_ready(),
+            "error": None if node.failure is None else str(node.failure),
         }
 
     # ----- membership, in hraftd.membership -----

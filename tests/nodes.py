@@ -63,6 +63,7 @@ class Node:
         self.nofile: int | None = None  # a lower limit of open file descriptors for the node, if set
         self.trace: Path | None = None  # run under strace, writing its system calls there (see syscalls.py)
         self.inject: str | None = None  # and make strace inject this fault (e.g. "fdatasync:error=EIO:when=20")
+        self.wrapper: list[str] = []  # a command the node runs under (e.g. unshare, for a filesystem of its own)
 
     @property
     def url(self) -> str:
@@ -87,6 +88,7 @@ class Node:
         nofile = self.nofile
         if self.trace is not None:
             args = syscalls.traced(args, self.trace, self.inject)
+        args = [*self.wrapper, *args]
 
         def limit() -> None:
             if nofile is not None:
