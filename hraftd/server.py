@@ -72,7 +72,7 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
         _close_on_worker_exit(worker, store)
         _protect_threads(worker, settings)
     log.info("node %s: %s %s, raft %s%s, data %s", settings.node_id, "https" if peer_tls else "http",
-             settings.http_addr, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
+             settings.http_adv, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
     if not settings.raft_secret and settings.raft_insecure:
         log.warning("raft traffic on %s is neither encrypted nor authenticated (-raft-insecure)", settings.raft_addr)
     return web.create_app(store, limits=settings.limits, tokens=tokens, peer_tls=peer_tls)
@@ -109,14 +109,14 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     if not settings.fsync:
         log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
-                         http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
+                         http_addr=settings.http_adv, timeout=settings.timeout, fsync=settings.fsync,
                          secret=settings.raft_secret)
     if join:
         proof = None
         if settings.raft_secret:
             proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr)
         try:
-            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof),
+            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_adv, proof),
                    deadline, f"join the cluster at {join}")
         except StartupError:
             store.close()
