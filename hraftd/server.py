@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -29,20 +27,16 @@ from gunicorn.glogging import Logger
 
 from hraftd import web
 from hraftd.auth import TokenFile
-from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
 from hraftd.logs import logging_config
 from hraftd.settings import NodeSettings
-from hraftd.store import ReplicatedKV, join_proof
+from hraftd.startup import StartupError, open_store
+from hraftd.store import ReplicatedKV
 
 log = logging.getLogger("hraftd")
 
 _WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts, exit status 3, when a worker exits with this
 _PR_SET_PDEATHSIG = 1
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why and what to do."""
 
 
 def create_app() -> Flask:
@@ -84,102 +78,6 @@ def _peer_tls(settings: NodeSettings, worker: Any) -> ssl.SSLContext | None:
     if not serves_tls:
         return None
     return ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
-
-
-def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
-    """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
-    saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
-    join = settings.join
-    if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
-        raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
-    if join and saved_peers:
-        log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
-                 settings.data_dir, join)
-        join = None
-    if join and saved_peers is not None:
-        raise StartupError(f"{settings.data_dir} holds a single-node cluster of its own; joining {join} would "
-                           "overwrite its data. Join with an empty data directory instead")
-    deadline = time.monotonic() + settings.join_timeout
-
-    def client(addr: str) -> Client:
-        return Client(addr, timeout=max(deadline - time.monotonic(), 1.0), token=settings.auth_token,
-                      ssl_context=peer_tls)
-
-    peers = _cluster_peers(client(join), deadline) if join else set()
-    if not settings.fsync:
-        log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
-    store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
-                         http_addr=settings.http_adv, timeout=settings.timeout, fsync=settings.fsync,
-                         secret=settings.raft_secret)
-    if join:
-        proof = None
-        if settings.raft_secret:
-            proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr)
-        try:
-            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_adv, proof),
-                   deadline, f"join the cluster at {join}")
-        except StartupError:
-            store.close()
-            raise
-        log.info("joined the cluster at %s as %s", join, settings.node_id)
-    if settings.restore:
-        try:
-            _restore(store, settings)
-        except (HraftdError, OSError, ValueError) as error:
-            store.close()
-            for leftover in settings.data_dir.iterdir():  # it was empty: leave it so, ready for another try
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            raise StartupError(f"cannot restore {settings.restore}: {error}") from None
-    threading.Thread(target=_announce_when_ready, args=(store,), name="hraftd-announce", daemon=True).start()
-    return store
-
-
-def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
-    """Load a backup into the new one-node cluster, in entries of 1000 keys."""
-    with open(settings.restore, "rb") as file:
-        backup = json.load(file)
-    if not isinstance(backup, dict) or backup.get("format") != web.BACKUP_FORMAT or not isinstance(
-            backup.get("data"), dict):
-        raise ValueError("not an hraftd backup (GET /backup)")
-    store.wait_ready(settings.join_timeout)
-    items = list(backup["data"].items())
-    for start in range(0, len(items), 1000):
-        store.update(dict(items[start:start + 1000]))
-    log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
-             backup.get("raft_index"), backup.get("node"))
-
-
-def _cluster_peers(client: Client, deadline: float) -> set[str]:
-    status = _retry(client.status, deadline, f"reach the node at {client.base_url}")
-    return {member["raft_addr"] for member in status["members"]}
-
-
-def _retry(action: Callable[[], Any], deadline: float, what: str) -> Any:
-    """Retry ``action`` with backoff while the failure may pass (no connection, 5xx), until ``deadline``."""
-    delay = 0.2
-    while True:
-        try:
-            return action()
-        except ClientError as error:
-            if error.status < 500:
-                raise StartupError(f"cannot {what}: {error.message}") from None
-            last_error: Exception = error
-        except OSError as error:
-            last_error = error
-        if time.monotonic() + delay > deadline:
-            raise StartupError(f"cannot {what} in time: {last_error}")
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
-
-
-def _announce_when_ready(store: ReplicatedKV) -> None:
-    """Wait for a leader, then make sure the member table has this node's HTTP address."""
-    while not store.closed:
-        try:
-            store.wait_ready()
-            return
-        except HraftdError as error:
-            log.debug("not ready yet: %s", error)
 
 
 class NodeLogger(Logger):

@@ -1,0 +1,211 @@
+"""Opening a node's store before it serves HTTP: a new member joins its cluster, a new cluster loads a backup.
+
+Either succeeds or raises :class:`StartupError` with what went wrong and what to do. ``-join`` logs every
+failed attempt, and gives up at once on a failure that waiting cannot fix (a certificate that does not
+verify, the wrong protocol, a Raft port given for an HTTP one).
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import logging
+import shutil
+import socket
+import ssl
+import threading
+import time
+import urllib.error
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hraftd.client import Client, ClientError
+from hraftd.errors import HraftdError
+from hraftd.settings import NodeSettings, host_of
+from hraftd.store import ReplicatedKV, join_proof
+from hraftd.web import BACKUP_FORMAT
+
+log = logging.getLogger("hraftd")
+
+_ATTEMPT_TIMEOUT = 2.0  # a member answers /status at once; a silent peer is probed for what it is
+_PROBE = b"\x01\x00\x00\x00x\r\n\r\n"  # not HTTP and not TLS: an HTTP server answers 400, a Raft port hangs up
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says why and what to do."""
+
+
+def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
+    """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
+    if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
+        raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
+    saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
+    join = settings.join
+    if join and saved_peers:
+        log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
+                 settings.data_dir, join)
+        join = None
+    if join and saved_peers is not None:
+        raise StartupError(f"{settings.data_dir} holds a single-node cluster of its own; joining {join} would "
+                           "overwrite its data. Join with an empty data directory instead")
+    deadline = time.monotonic() + settings.join_timeout
+    peers: set[str] = set()
+    if join:
+        log.info("joining the cluster at %s (giving up after %g s)", join, settings.join_timeout)
+        status = retry(lambda timeout: _client(join, settings, peer_tls, timeout).status(), deadline,
+                       f"reach the node at {join}", join, peer_tls)
+        peers = {member["raft_addr"] for member in status["members"]}
+    if not settings.fsync:
+        log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
+    store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
+                         http_addr=settings.http_adv, timeout=settings.timeout, fsync=settings.fsync,
+                         secret=settings.raft_secret)
+    if join:
+        proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr) if settings.raft_secret else None
+        try:
+            retry(lambda timeout: _client(join, settings, peer_tls, timeout).join(
+                settings.node_id, settings.raft_addr, settings.http_adv, proof),
+                deadline, f"join the cluster at {join}", join, peer_tls, attempt_timeout=None)
+        except StartupError:
+            store.close()
+            raise
+        log.info("joined the cluster at %s as %s", join, settings.node_id)
+    if settings.restore:
+        try:
+            _restore(store, settings)
+        except (HraftdError, OSError, ValueError) as error:
+            store.close()
+            _empty(settings.data_dir)  # it was empty: leave it so, ready for another try
+            raise StartupError(f"cannot restore {settings.restore}: {error}") from None
+    threading.Thread(target=_announce_when_ready, args=(store,), name="hraftd-announce", daemon=True).start()
+    return store
+
+
+def _client(addr: str, settings: NodeSettings, peer_tls: ssl.SSLContext | None, timeout: float) -> Client:
+    return Client(addr, timeout=timeout, token=settings.auth_token, ssl_context=peer_tls)
+
+
+# ----- -restore -----
+
+
+def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
+    """Load a backup into the new one-node cluster, in entries of 1000 keys."""
+    assert settings.restore is not None
+    with open(settings.restore, "rb") as file:
+        backup = json.load(file)
+    if not isinstance(backup, dict) or backup.get("format") != BACKUP_FORMAT or not isinstance(
+            backup.get("data"), dict):
+        raise ValueError("not an hraftd backup (GET /backup)")
+    store.wait_ready(settings.join_timeout)
+    items = list(backup["data"].items())
+    for start in range(0, len(items), 1000):
+        store.update(dict(items[start:start + 1000]))
+    log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
+             backup.get("raft_index"), backup.get("node"))
+
+
+def _empty(data_dir: Path) -> None:
+    for leftover in data_dir.iterdir():
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+# ----- -join -----
+
+
+def retry(action: Callable[[float], Any], deadline: float, what: str, addr: str, tls: ssl.SSLContext | None,
+          attempt_timeout: float | None = _ATTEMPT_TIMEOUT) -> Any:
+    """Call ``action(timeout)`` until it succeeds or ``deadline``, with backoff, logging every failed attempt.
+
+    A 4xx answer, or a failure that retrying cannot fix, raises StartupError at once with a hint.
+    """
+    delay = 0.2
+    for attempt in itertools.count(1):
+        remaining = max(deadline - time.monotonic(), 0.5)
+        try:
+            return action(min(remaining, attempt_timeout or remaining))
+        except ClientError as error:
+            if error.status < 500:
+                raise StartupError(f"cannot {what}: {error.message}") from None
+            reason = f"{error.status} {error.code}: {error.message}"
+        except (OSError, http.client.HTTPException) as error:
+            cause = error.reason if isinstance(error, urllib.error.URLError) else error
+            lasting = _lasting_failure(cause, addr, tls)
+            if lasting:
+                raise StartupError(f"cannot {what}: {lasting}") from None
+            reason = _describe(cause, addr)
+        if time.monotonic() + delay > deadline:
+            raise StartupError(f"cannot {what} in time (-join-timeout); the last attempt failed: {reason}")
+        log.info("cannot %s yet (attempt %d): %s; trying again in %.1f s", what, attempt, reason, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
+
+
+def _lasting_failure(cause: Any, addr: str, tls: ssl.SSLContext | None) -> str | None:
+    """What is wrong, with a hint, if ``cause`` cannot go away by waiting; None if it may."""
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (f"the certificate of {addr} does not verify ({cause.verify_message}): give the CA that signed "
+                "it with -tls-ca (HRAFTD_TLS_CA under gunicorn)")
+    if isinstance(cause, ssl.SSLError) and not isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return (f"{addr} does not speak HTTPS ({cause.reason or cause}). This node serves HTTPS, so it talks "
+                "HTTPS to its cluster: every member must serve HTTPS (-tls-cert, -tls-key)")
+    if tls is None and isinstance(cause, (ConnectionResetError, http.client.BadStatusLine)) and _speaks_tls(addr):
+        return (f"{addr} serves HTTPS, and this node talks plain HTTP: give it -tls-cert and -tls-key (and "
+                "-tls-ca) like the other members")
+    if isinstance(cause, TimeoutError) and _hangs_up_on_anything_but_its_protocol(addr):
+        return (f"{addr} does not answer HTTP: is it a Raft port? -join wants the HTTP address of a member "
+                "(its -haddr)")
+    return None
+
+
+def _describe(cause: Any, addr: str) -> str:
+    if isinstance(cause, ConnectionRefusedError):
+        return f"nothing listens on {addr} (connection refused)"
+    if isinstance(cause, socket.gaierror):
+        return f"the host of {addr} does not resolve ({cause.strerror})"
+    if isinstance(cause, TimeoutError):
+        return f"{addr} accepted the connection but did not answer in time"
+    return str(cause) or type(cause).__name__
+
+
+def _connect(addr: str) -> socket.socket:
+    return socket.create_connection((host_of(addr), int(addr.rpartition(":")[2])), timeout=_ATTEMPT_TIMEOUT)
+
+
+def _speaks_tls(addr: str) -> bool:
+    """Whether ``addr`` completes a TLS handshake (its certificate unchecked: this only asks what it speaks)."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with _connect(addr) as sock, context.wrap_socket(sock):
+            return True
+    except OSError:
+        return False
+
+
+def _hangs_up_on_anything_but_its_protocol(addr: str) -> bool:
+    """Whether ``addr`` closes the connection, answering nothing, when sent bytes that are not HTTP.
+
+    An HTTP server answers such a request line with 400; a node still starting answers nothing and keeps
+    the connection; a Raft port reads them as a message, cannot decode it, and hangs up.
+    """
+    try:
+        with _connect(addr) as sock:
+            sock.sendall(_PROBE)
+            return sock.recv(64) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:
+        return False
+
+
+def _announce_when_ready(store: ReplicatedKV) -> None:
+    """Wait for a leader, then make sure the member table has this node's HTTP address."""
+    while not store.closed:
+        try:
+            store.wait_ready()
+            return
+        except HraftdError as error:
+            log.debug("not ready yet: %s", error)
