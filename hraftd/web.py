@@ -38,6 +38,7 @@ from hraftd.protocol import (
     status_of,
 )
 from hraftd.settings import Limits, normalize_addr
+from hraftd.ui import ui
 
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -105,6 +106,7 @@ def create_app(
                       MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
+    app.register_blueprint(ui)
     app.before_request(_start_clock)
     app.before_request(_authorize)
     app.before_request(_refuse_unknown_parameters)

@@ -68,6 +68,7 @@ def test_pip_install_from_a_fresh_clone(tmp_path):
         line for line in output.splitlines() if "eprecat" in line]
     assert run("git", "status", "--porcelain", cwd=clone).stdout == before  # what the build left is ignored
     assert (tmp_path / "venv" / "bin" / "hraftd").exists()
+    assert list((tmp_path / "venv" / "lib").glob("python3*/site-packages/hraftd/ui.html"))  # package data
 
 
 def docker_context(root: Path) -> list[str]:
@@ -96,7 +97,7 @@ def docker_context(root: Path) -> list[str]:
 
 def test_dockerignore_sends_only_what_pip_needs(tmp_path):
     context = docker_context(ROOT)
-    assert {"pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "hraftd/__init__.py"} <= set(context)
+    assert {"pyproject.toml", "setup.cfg", "setup.py", "README.md", "LICENSE", "hraftd/ui.html"} <= set(context)
     for left_out in (".git/", "tests/", "benchmarks/", "docs/", "deploy/", ".venv/"):
         assert not any(path.startswith(left_out) for path in context), left_out
     assert not any("__pycache__" in path for path in context)
