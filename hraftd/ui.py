@@ -3,8 +3,8 @@
 ``GET /ui`` serves one static page (``ui.html``: HTML, CSS and script in one file, nothing fetched from
 elsewhere). The page polls ``GET /ui/cluster`` every second, which answers this node's ``/status`` together
 with every other member's own ``/status``, fetched by this node with the caller's token, so that each row
-shows what that node says of itself. With tokens, ``/ui/cluster`` needs the read role (every member checks it
-again); the page itself holds no data and asks for the token.
+shows what that node says of itself. With tokens, ``/ui/cluster`` needs the read role like ``/status`` (every
+member checks it again); the page itself holds no data and asks for the token.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
-
-from hraftd.auth import TokenFile, allows
-from hraftd.protocol import BadRequest
 
 ui = Blueprint("ui", __name__)
 
@@ -47,8 +44,7 @@ def page() -> Response:
 
 @ui.get("/ui/cluster")
 def cluster() -> Response:
-    """This node's status and, for each member, its own status or why it did not answer."""
-    _require_read_role()
+    """This node's status and, for each member, its own status or why it did not answer (read role: web.py)."""
     store = current_app.config["STORE"]
     own = store.status()
     others = [member for member in own["members"] if member["id"] != own["id"]]
@@ -87,14 +83,3 @@ def _reason(failure: object) -> str:
     if isinstance(failure, OSError) and failure.strerror:
         return failure.strerror.lower()
     return str(failure) or type(failure).__name__
-
-
-def _require_read_role() -> None:
-    tokens: TokenFile | None = current_app.config["TOKENS"]
-    if tokens is None:
-        return
-    role = tokens.role_of_authorization(request.headers.get("Authorization", ""))
-    if role is None:
-        raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
-    if not allows(role, "read"):
-        raise BadRequest(f"this token's role is {role!r}; this request needs 'read'", "forbidden", 403)

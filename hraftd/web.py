@@ -53,6 +53,7 @@ _ROLE_OF_ENDPOINT = {
     "api.delete_key": "write",
     "api.join": "admin",
     "api.remove": "admin",
+    "ui.cluster": "read",
 }
 # The query parameters each endpoint accepts; any other is refused rather than silently ignored.
 _PARAMETERS_OF_ENDPOINT = {"api.get_key": {"level"}}
