@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("tls-ca", type=Path, metavar="FILE",
            help="CA certificates to verify other nodes' HTTPS with (default: the system's)")
     option("restore", type=Path, metavar="FILE",
-           help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup")
+           help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup; "
+           "ignored once DATA_DIR holds the restored node, so it may stay in a service's command")
     option("log-level", default="info", choices=LOG_LEVELS, help="(default info)")
     option("log-json", action="store_true", help="log one JSON object per line instead of text")
     option("access-log", action="store_true", help="log every HTTP request (to stdout)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import logging.config
 import os
 import signal
 import socket
@@ -30,7 +31,7 @@ from hraftd.auth import TokenFile
 from hraftd.errors import HraftdError
 from hraftd.logs import logging_config
 from hraftd.settings import NodeSettings
-from hraftd.startup import StartupError, open_store
+from hraftd.startup import StartupError, open_store, restore_needed
 from hraftd.store import ReplicatedKV
 
 log = logging.getLogger("hraftd")
@@ -122,6 +123,16 @@ class NodeServer(BaseApplication):
 
     def load(self) -> Flask:
         return start_node(lambda: self.settings)
+
+    def run(self) -> None:
+        """Check what can be checked before gunicorn starts: a backup to restore exists."""
+        logging.config.dictConfig(self.cfg.logconfig_dict)
+        try:
+            restore_needed(self.settings)
+        except StartupError as error:
+            log.error("cannot start the node: %s", error)
+            sys.exit(_WORKER_BOOT_ERROR)
+        super().run()
 
 
 def _gunicorn_context() -> tuple[Any, Any]:

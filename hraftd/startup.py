@@ -2,7 +2,8 @@
 
 Either succeeds or raises :class:`StartupError` with what went wrong and what to do. ``-join`` logs every
 failed attempt, and gives up at once on a failure that waiting cannot fix (a certificate that does not
-verify, the wrong protocol, a Raft port given for an HTTP one).
+verify, the wrong protocol, a Raft port given for an HTTP one). ``-restore`` is safe to repeat: a finished
+restore is remembered in the data directory, and an interrupted one is started again from scratch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import http.client
 import itertools
 import json
 import logging
+import os
 import shutil
 import socket
 import ssl
@@ -29,6 +31,7 @@ from hraftd.web import BACKUP_FORMAT
 
 log = logging.getLogger("hraftd")
 
+RESTORE_RECORD = "restore.json"  # in the data dir: {"backup", "state": "loading" | "done", ...}
 _ATTEMPT_TIMEOUT = 2.0  # a member answers /status at once; a silent peer is probed for what it is
 _PROBE = b"\x01\x00\x00\x00x\r\n\r\n"  # not HTTP and not TLS: an HTTP server answers 400, a Raft port hangs up
 
@@ -39,8 +42,13 @@ class StartupError(RuntimeError):
 
 def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
     """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
-    if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
-        raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
+    restore = restore_needed(settings)
+    record = _read_restore_record(settings.data_dir)
+    if settings.restore and not restore:
+        log.info("%s holds the node restored from %s; -restore is ignored", settings.data_dir, record["backup"])
+    if restore and record.get("state") == "loading":
+        log.warning("the restore into %s did not finish: starting it again", settings.data_dir)
+        _empty(settings.data_dir)
     saved_peers = ReplicatedKV.saved_peers(settings.data_dir)
     join = settings.join
     if join and saved_peers:
@@ -59,6 +67,8 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
         peers = {member["raft_addr"] for member in status["members"]}
     if not settings.fsync:
         log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
+    if restore:
+        _write_restore_record(settings, "loading")
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
                          http_addr=settings.http_adv, timeout=settings.timeout, fsync=settings.fsync,
                          secret=settings.raft_secret)
@@ -72,7 +82,7 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
             store.close()
             raise
         log.info("joined the cluster at %s as %s", join, settings.node_id)
-    if settings.restore:
+    if restore:
         try:
             _restore(store, settings)
         except (HraftdError, OSError, ValueError) as error:
@@ -90,6 +100,29 @@ def _client(addr: str, settings: NodeSettings, peer_tls: ssl.SSLContext | None, 
 # ----- -restore -----
 
 
+def restore_needed(settings: NodeSettings) -> bool:
+    """Whether to load the backup now; raises StartupError if ``-restore`` cannot be honoured.
+
+    Called before anything starts, so a missing backup file stops the node at once, and again when the
+    store is opened. A data dir holding the node restored earlier makes ``-restore`` a no-op.
+    """
+    if settings.restore is None:
+        return False
+    data_dir = settings.data_dir
+    record = _read_restore_record(data_dir)
+    if record.get("state") == "done":
+        return False
+    if record.get("state") != "loading" and data_dir.exists() and any(data_dir.iterdir()):
+        raise StartupError(f"-restore needs an empty data directory; {data_dir} is not empty and holds no "
+                           "restored node")
+    try:
+        with open(settings.restore, "rb"):
+            pass
+    except OSError as error:
+        raise StartupError(f"cannot read the backup {settings.restore}: {error.strerror}") from None
+    return True
+
+
 def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
     """Load a backup into the new one-node cluster, in entries of 1000 keys."""
     assert settings.restore is not None
@@ -102,8 +135,32 @@ def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
     items = list(backup["data"].items())
     for start in range(0, len(items), 1000):
         store.update(dict(items[start:start + 1000]))
+    _write_restore_record(settings, "done", keys=len(items), raft_index=backup.get("raft_index"),
+                          node=backup.get("node"))
     log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
              backup.get("raft_index"), backup.get("node"))
+
+
+def _read_restore_record(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_dir / RESTORE_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_restore_record(settings: NodeSettings, state: str, **details: Any) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / RESTORE_RECORD
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"backup": str(settings.restore), "state": state, **details}))
+    with open(temporary, "rb+") as file:
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    directory = os.open(settings.data_dir, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _empty(data_dir: Path) -> None:
