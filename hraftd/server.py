@@ -25,12 +25,13 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from setproctitle import setproctitle
 
 from hraftd import web
 from hraftd.auth import TokenFile
 from hraftd.errors import HraftdError
 from hraftd.logs import logging_config
-from hraftd.settings import NodeSettings
+from hraftd.settings import NodeSettings, host_of
 from hraftd.startup import StartupError, open_store, restore_needed
 from hraftd.store import ReplicatedKV
 
@@ -60,11 +61,12 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
         store = open_store(settings, peer_tls)
     except (StartupError, HraftdError, ValueError, OSError) as error:
         log.error("cannot start the node: %s", error)
-        if worker is None:  # not under gunicorn, or --preload in gunicorn's master
+        if worker is None and arbiter is None:  # not under gunicorn
             raise StartupError(str(error)) from None
-        sys.exit(_WORKER_BOOT_ERROR)
+        sys.exit(_WORKER_BOOT_ERROR)  # in gunicorn's master (--preload) too: it then exits with this status
     if worker is not None:
         _close_on_worker_exit(worker, store)
+        _stop_master_with_worker(worker)
         _protect_threads(worker, settings)
     log.info("node %s: %s %s, raft %s%s, data %s", settings.node_id, "https" if peer_tls else "http",
              settings.http_adv, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
@@ -125,14 +127,40 @@ class NodeServer(BaseApplication):
         return start_node(lambda: self.settings)
 
     def run(self) -> None:
-        """Check what can be checked before gunicorn starts: a backup to restore exists."""
+        """Check what can be checked before gunicorn starts: the HTTP port is free, a backup to restore exists.
+
+        gunicorn would retry a busy port for 5 s and exit with status 1; the node exits with 3 at once.
+        """
         logging.config.dictConfig(self.cfg.logconfig_dict)
         try:
             restore_needed(self.settings)
+            listener = _bind(self.settings.http_addr)
         except StartupError as error:
             log.error("cannot start the node: %s", error)
             sys.exit(_WORKER_BOOT_ERROR)
+        self.cfg.set("bind", [f"fd://{listener.detach()}"])  # gunicorn listens on it, and closes it
+        node_id = self.settings.node_id
+        # gunicorn's titles ("gunicorn: master [...]") would also rename the process to "gunicorn: maste".
+        self.cfg.set("pre_fork", lambda arbiter, worker: setproctitle(f"hraftd master {node_id}"))
+        self.cfg.set("post_fork", lambda arbiter, worker: setproctitle(f"hraftd worker {node_id}"))
         super().run()
+
+
+def _bind(addr: str) -> socket.socket:
+    """A socket bound to the HTTP address, not yet listening, or a StartupError saying why it cannot be."""
+    try:
+        family, kind, protocol, _, sockaddr = socket.getaddrinfo(
+            host_of(addr), int(addr.rpartition(":")[2]), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise StartupError(f"cannot listen on -haddr {addr}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on -haddr {addr}: {error.strerror}") from None
+    return sock
 
 
 def _gunicorn_context() -> tuple[Any, Any]:
@@ -161,6 +189,8 @@ def _refuse_unsafe_gunicorn(worker: Any, arbiter: Any) -> None:
     if worker is None:
         return
     if worker.cfg.workers != 1:
+        if worker.age > 1:  # the first worker refuses; a second status 3 would make gunicorn's halt exit 1
+            sys.exit(0)
         raise StartupError(f"refusing {worker.cfg.workers} workers: a node is one Raft member and must be one "
                            "process (a second worker cannot bind the raft port). Use -w 1 and raise --threads")
     if not isinstance(worker, (ThreadWorker, SyncWorker)):
@@ -177,6 +207,25 @@ def _die_with_master() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != master:  # the master died before prctl took effect
         os._exit(1)
+
+
+def _stop_master_with_worker(worker: Any) -> None:
+    """A stop signal sent to the worker alone stops the node, as one sent to the master does.
+
+    Otherwise gunicorn would start a new worker at once, undoing the stop. A worker that dies otherwise
+    (kill -9, a crash) is still replaced: the new one reopens the data directory.
+    """
+    master = worker.ppid
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+
+        def stop(received: int, frame: Any, previous: Any = previous) -> None:
+            if os.getppid() == master:
+                os.kill(master, signal.SIGTERM)  # when the master sent this, it is stopping already
+            if callable(previous):
+                previous(received, frame)
+
+        signal.signal(signum, stop)
 
 
 def _close_on_worker_exit(worker: Any, store: ReplicatedKV) -> None:
