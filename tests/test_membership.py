@@ -62,7 +62,7 @@ def test_join_without_a_reachable_cluster_exits_non_zero(cluster):
     lonely = cluster.node("lonely")
     nowhere = cluster.node("nowhere")  # never started: nothing listens on its address
     lonely.start(nowhere, "-join-timeout", "2")
-    assert lonely.process.wait(30) != 0
+    assert lonely.process.wait(30) == 3
     assert "cannot reach the node at" in lonely.log()
 
 
@@ -72,5 +72,5 @@ def test_a_data_dir_with_its_own_cluster_refuses_to_join(cluster):
     solo.set({"mine": 1})
     solo.signal_and_wait(15)
     solo.start(node0)
-    assert solo.process.wait(30) != 0
+    assert solo.process.wait(30) == 3
     assert "holds a single-node cluster of its own" in solo.log()
