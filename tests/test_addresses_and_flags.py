@@ -134,3 +134,11 @@ def test_variables_with_good_values(tmp_path):
     assert (settings.fsync, settings.raft_insecure, settings.raft_secret) == (True, True, "s3cret")
     assert (settings.log_level, settings.io_timeout, settings.max_pending) == ("warning", 2.5, 8)
     assert not is_unspecified(settings.http_adv)
+
+
+def test_under_gunicorn_a_bad_variable_stops_the_node_and_is_named(cluster, monkeypatch):
+    monkeypatch.setenv("HRAFTD_TIMEOUT", "abc")
+    node = cluster.node("gnode").start_with_gunicorn()
+    assert node.process.wait(30) == 3
+    assert "cannot start the node: HRAFTD_TIMEOUT: 'abc' is not a positive number of seconds" in node.log()
+    assert "could not convert" not in node.log()
