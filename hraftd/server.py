@@ -2,7 +2,8 @@
 
 Two ways in, one code path: ``hraftd`` embeds gunicorn (``NodeServer``), and
 ``gunicorn 'hraftd.server:create_app()'`` loads the same node from HRAFTD_* environment variables.
-Either way the node is built in the worker, never in the master, and the worker dies with its master.
+Either way the node is built in the worker, never in the master; the worker dies with its master, and a stop
+signal sent to the worker stops the master too. Opening the store (join, restore) is ``hraftd.startup``'s.
 """
 
 from __future__ import annotations

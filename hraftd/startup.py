@@ -62,7 +62,7 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     peers: set[str] = set()
     if join:
         log.info("joining the cluster at %s (giving up after %g s)", join, settings.join_timeout)
-        status = retry(lambda timeout: _client(join, settings, peer_tls, timeout).status(), deadline,
+        status = _retry(lambda timeout: _client(join, settings, peer_tls, timeout).status(), deadline,
                        f"reach the node at {join}", join, peer_tls)
         peers = {member["raft_addr"] for member in status["members"]}
     if not settings.fsync:
@@ -75,7 +75,7 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     if join:
         proof = join_proof(settings.raft_secret, settings.node_id, settings.raft_addr) if settings.raft_secret else None
         try:
-            retry(lambda timeout: _client(join, settings, peer_tls, timeout).join(
+            _retry(lambda timeout: _client(join, settings, peer_tls, timeout).join(
                 settings.node_id, settings.raft_addr, settings.http_adv, proof),
                 deadline, f"join the cluster at {join}", join, peer_tls, attempt_timeout=None)
         except StartupError:
@@ -171,7 +171,7 @@ def _empty(data_dir: Path) -> None:
 # ----- -join -----
 
 
-def retry(action: Callable[[float], Any], deadline: float, what: str, addr: str, tls: ssl.SSLContext | None,
+def _retry(action: Callable[[float], Any], deadline: float, what: str, addr: str, tls: ssl.SSLContext | None,
           attempt_timeout: float | None = _ATTEMPT_TIMEOUT) -> Any:
     """Call ``action(timeout)`` until it succeeds or ``deadline``, with backoff, logging every failed attempt.
 
