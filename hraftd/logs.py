@@ -1,16 +1,19 @@
-"""Log lines of a node: one line per event, leveled, with the node id, as text or JSON."""
+"""Log lines of a node: one line per event, leveled, with the node id, as text or JSON.
+
+Lines come from loggers named ``hraftd`` and ``hraftd.*``; gunicorn's own lines about the process (start,
+signals, workers) are shown as ``hraftd.server``, since ``gunicorn.error`` reads as an error when it is not.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from typing import Any
-
-LEVELS = ("debug", "info", "warning", "error")
 
 
 class NodeFilter(logging.Filter):
-    """Puts the node id on every record, as ``record.node``."""
+    """Puts the node id on every record, as ``record.node``, and names gunicorn's process lines for hraftd."""
 
     def __init__(self, node_id: str) -> None:
         super().__init__()
@@ -18,13 +21,15 @@ class NodeFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.node = self.node_id
+        if record.name == "gunicorn.error":
+            record.name = "hraftd.server"
         return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "node": getattr(record, "node", None),
             "logger": record.name,
@@ -39,7 +44,8 @@ def logging_config(node_id: str, level: str = "info", json_format: bool = False,
                    ) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for the whole node process, gunicorn's loggers included.
 
-    PySyncObj logs connection churn at INFO; it is shown from WARNING up unless the level is debug.
+    ``hraftd`` and ``hraftd.*`` log at ``level``, the root's. PySyncObj logs connection churn at INFO; it is shown from
+    WARNING up unless the level is debug.
     """
     level_name = level.upper()
     formatter: dict[str, Any] = ({"()": JsonFormatter} if json_format else

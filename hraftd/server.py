@@ -2,17 +2,17 @@
 
 Two ways in, one code path: ``hraftd`` embeds gunicorn (``NodeServer``), and
 ``gunicorn 'hraftd.server:create_app()'`` loads the same node from HRAFTD_* environment variables.
-Either way the node is built in the worker, never in the master, and the worker dies with its master.
+Either way the node is built in the worker, never in the master; the worker dies with its master, and a stop
+signal sent to the worker stops the master too. Opening the store (join, restore) is ``hraftd.startup``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import logging
+import logging.config
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -26,23 +26,20 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
+from setproctitle import setproctitle
 
-from hraftd import datadir, web
+from hraftd import web
 from hraftd.auth import TokenFile
-from hraftd.client import Client, ClientError
 from hraftd.errors import HraftdError
 from hraftd.logs import logging_config
-from hraftd.settings import NodeSettings
-from hraftd.store import ReplicatedKV, join_proof
+from hraftd.settings import NodeSettings, host_of
+from hraftd.startup import StartupError, open_store, restore_needed
+from hraftd.store import ReplicatedKV
 
 log = logging.getLogger("hraftd")
 
 _WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts, exit status 3, when a worker exits with this
 _PR_SET_PDEATHSIG = 1
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why and what to do."""
 
 
 def create_app() -> Flask:
@@ -65,14 +62,15 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
         store = open_store(settings, peer_tls)
     except (StartupError, HraftdError, ValueError, OSError) as error:
         log.error("cannot start the node: %s", error)
-        if worker is None:  # not under gunicorn, or --preload in gunicorn's master
+        if worker is None and arbiter is None:  # not under gunicorn
             raise StartupError(str(error)) from None
-        sys.exit(_WORKER_BOOT_ERROR)
+        sys.exit(_WORKER_BOOT_ERROR)  # in gunicorn's master (--preload) too: it then exits with this status
     if worker is not None:
         _close_on_worker_exit(worker, store)
+        _stop_master_with_worker(worker)
         _protect_threads(worker, settings)
     log.info("node %s: %s %s, raft %s%s, data %s", settings.node_id, "https" if peer_tls else "http",
-             settings.http_addr, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
+             settings.http_adv, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
     if not settings.raft_secret and settings.raft_insecure:
         log.warning("raft traffic on %s is neither encrypted nor authenticated (-raft-insecure)", settings.raft_addr)
     return web.create_app(store, limits=settings.limits, tokens=tokens, peer_tls=peer_tls)
@@ -84,126 +82,6 @@ def _peer_tls(settings: NodeSettings, worker: Any) -> ssl.SSLContext | None:
     if not serves_tls:
         return None
     return ssl.create_default_context(cafile=str(settings.tls_ca) if settings.tls_ca else None)
-
-
-def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -> ReplicatedKV:
-    """Open the node's store; join the cluster at ``settings.join`` if this data dir is new to clusters."""
-    join = settings.join
-    if settings.restore and settings.data_dir.exists() and any(settings.data_dir.iterdir()):
-        raise StartupError(f"-restore needs an empty data directory; {settings.data_dir} is not empty")
-    deadline = time.monotonic() + settings.join_timeout
-
-    def client(addr: str) -> Client:
-        return Client(addr, timeout=max(deadline - time.monotonic(), 1.0), token=settings.auth_token,
-                      ssl_context=peer_tls)
-
-    if join and datadir.holds_member(settings.data_dir):
-        _check_same_cluster(settings, Client(join, timeout=2.0, token=settings.auth_token, ssl_context=peer_tls))
-        log.info("%s already holds a member of a cluster; it rejoins from its data and ignores -join %s",
-                 settings.data_dir, join)
-        join = None
-    secret, peers, cluster_id = settings.raft_secret, set(), None
-    if join:
-        secret, peers, cluster_id = _cluster_to_join(client(join), deadline, settings)
-    if not settings.fsync:
-        log.warning("fsync is off: a power loss of a majority of nodes can lose acknowledged writes")
-    store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
-                         http_addr=settings.http_addr, timeout=settings.timeout, fsync=settings.fsync,
-                         secret=secret, insecure=settings.raft_insecure, cluster_id=cluster_id,
-                         compact_log_bytes=settings.compact_log_bytes)
-    if join:
-        proof = join_proof(secret, settings.node_id, settings.raft_addr) if secret else None
-        try:
-            _retry(lambda: client(join).join(settings.node_id, settings.raft_addr, settings.http_addr, proof,
-                                             force=settings.replace),
-                   deadline, f"join the cluster at {join}")
-        except StartupError:
-            store.close()
-            raise
-        log.info("joined the cluster at %s as %s", join, settings.node_id)
-    if settings.restore:
-        try:
-            _restore(store, settings)
-        except (HraftdError, OSError, ValueError) as error:
-            store.close()
-            for leftover in settings.data_dir.iterdir():  # it was empty: leave it so, ready for another try
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            raise StartupError(f"cannot restore {settings.restore}: {error}") from None
-    threading.Thread(target=_announce_when_ready, args=(store,), name="hraftd-announce", daemon=True).start()
-    return store
-
-
-def _cluster_to_join(client: Client, deadline: float, settings: NodeSettings,
-                     ) -> tuple[str | None, set[str], str]:
-    """The secret to join with, the members to reach and the cluster's id. A node given no secret asks the
-    cluster for its own, which it gives only to its operator (an admin token, or the same user on the same
-    machine)."""
-    if settings.raft_secret or settings.raft_insecure:
-        status = _retry(client.status, deadline, f"reach the node at {client.base_url}")
-        return settings.raft_secret, {member["raft_addr"] for member in status["members"]}, status["cluster_id"]
-    answer = _retry(client.join_secret, deadline, f"reach the node at {client.base_url} and get the cluster secret")
-    if answer["secret"] is None:
-        raise StartupError(f"the cluster at {client.base_url} runs Raft without a secret: start this node with "
-                           "-raft-insecure to join it")
-    datadir.write_secret(settings.data_dir, answer["secret"])
-    return answer["secret"], set(answer["members"]), answer["cluster_id"]
-
-
-def _check_same_cluster(settings: NodeSettings, client: Client) -> None:
-    """A data dir of one cluster never joins another: it would mix their data. If the node to join does not
-    answer at once, the restart goes on from the data (it may be the one that is down)."""
-    identity = datadir.read_identity(settings.data_dir)
-    try:
-        theirs = client.status()["cluster_id"]
-    except (ClientError, OSError, KeyError, ValueError):
-        return
-    if identity is not None and theirs != identity.cluster_id:
-        raise StartupError(f"{settings.data_dir} holds a member of another cluster ({identity.cluster_id}) than "
-                           f"the one at {settings.join} ({theirs}); joining would mix their data. Join with an "
-                           "empty data directory instead")
-
-
-def _restore(store: ReplicatedKV, settings: NodeSettings) -> None:
-    """Load a backup into the new one-node cluster, in entries of 1000 keys."""
-    with open(settings.restore, "rb") as file:
-        backup = json.load(file)
-    if not isinstance(backup, dict) or backup.get("format") != web.BACKUP_FORMAT or not isinstance(
-            backup.get("data"), dict):
-        raise ValueError("not an hraftd backup (GET /backup)")
-    store.wait_ready(settings.join_timeout)
-    items = list(backup["data"].items())
-    for start in range(0, len(items), 1000):
-        store.update(dict(items[start:start + 1000]))
-    log.info("restored %d keys from %s (taken at raft index %s of node %s)", len(items), settings.restore,
-             backup.get("raft_index"), backup.get("node"))
-
-
-def _retry(action: Callable[[], Any], deadline: float, what: str) -> Any:
-    """Retry ``action`` with backoff while the failure may pass (no connection, 5xx), until ``deadline``."""
-    delay = 0.2
-    while True:
-        try:
-            return action()
-        except ClientError as error:
-            if error.status < 500:
-                raise StartupError(f"cannot {what}: {error.message}") from None
-            last_error: Exception = error
-        except OSError as error:
-            last_error = error
-        if time.monotonic() + delay > deadline:
-            raise StartupError(f"cannot {what} in time: {last_error}")
-        time.sleep(delay)
-        delay = min(delay * 2, 2.0)
-
-
-def _announce_when_ready(store: ReplicatedKV) -> None:
-    """Wait for a leader, then make sure the member table has this node's HTTP address."""
-    while not store.closed:
-        try:
-            store.wait_ready()
-            return
-        except HraftdError as error:
-            log.debug("not ready yet: %s", error)
 
 
 class NodeLogger(Logger):
@@ -249,6 +127,42 @@ class NodeServer(BaseApplication):
     def load(self) -> Flask:
         return start_node(lambda: self.settings)
 
+    def run(self) -> None:
+        """Check what can be checked before gunicorn starts: the HTTP port is free, a backup to restore exists.
+
+        gunicorn would retry a busy port for 5 s and exit with status 1; the node exits with 3 at once.
+        """
+        logging.config.dictConfig(self.cfg.logconfig_dict)
+        try:
+            restore_needed(self.settings)
+            listener = _bind(self.settings.http_addr)
+        except StartupError as error:
+            log.error("cannot start the node: %s", error)
+            sys.exit(_WORKER_BOOT_ERROR)
+        self.cfg.set("bind", [f"fd://{listener.detach()}"])  # gunicorn listens on it, and closes it
+        node_id = self.settings.node_id
+        # gunicorn's titles ("gunicorn: master [...]") would also rename the process to "gunicorn: maste".
+        self.cfg.set("pre_fork", lambda arbiter, worker: setproctitle(f"hraftd master {node_id}"))
+        self.cfg.set("post_fork", lambda arbiter, worker: setproctitle(f"hraftd worker {node_id}"))
+        super().run()
+
+
+def _bind(addr: str) -> socket.socket:
+    """A socket bound to the HTTP address, not yet listening, or a StartupError saying why it cannot be."""
+    try:
+        family, kind, protocol, _, sockaddr = socket.getaddrinfo(
+            host_of(addr), int(addr.rpartition(":")[2]), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise StartupError(f"cannot listen on -haddr {addr}: {error.strerror or error}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+    except OSError as error:
+        sock.close()
+        raise StartupError(f"cannot listen on -haddr {addr}: {error.strerror}") from None
+    return sock
+
 
 def _gunicorn_context() -> tuple[Any, Any]:
     """The gunicorn worker and arbiter on the call stack (either may be None)."""
@@ -276,6 +190,8 @@ def _refuse_unsafe_gunicorn(worker: Any, arbiter: Any) -> None:
     if worker is None:
         return
     if worker.cfg.workers != 1:
+        if worker.age > 1:  # the first worker refuses; a second status 3 would make gunicorn's halt exit 1
+            sys.exit(0)
         raise StartupError(f"refusing {worker.cfg.workers} workers: a node is one Raft member and must be one "
                            "process (a second worker cannot bind the raft port). Use -w 1 and raise --threads")
     if not isinstance(worker, (ThreadWorker, SyncWorker)):
@@ -292,6 +208,25 @@ def _die_with_master() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != master:  # the master died before prctl took effect
         os._exit(1)
+
+
+def _stop_master_with_worker(worker: Any) -> None:
+    """A stop signal sent to the worker alone stops the node, as one sent to the master does.
+
+    Otherwise gunicorn would start a new worker at once, undoing the stop. A worker that dies otherwise
+    (kill -9, a crash) is still replaced: the new one reopens the data directory.
+    """
+    master = worker.ppid
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        previous = signal.getsignal(signum)
+
+        def stop(received: int, frame: Any, previous: Any = previous) -> None:
+            if os.getppid() == master:
+                os.kill(master, signal.SIGTERM)  # when the master sent this, it is stopping already
+            if callable(previous):
+                previous(received, frame)
+
+        signal.signal(signum, stop)
 
 
 def _close_on_worker_exit(worker: Any, store: ReplicatedKV) -> None:

@@ -21,6 +21,7 @@ from hraftd.membership import Membership, join_proof
 from hraftd.outcome import Waiter, refusal, translate
 from hraftd.raft import DamagedFile, IncompatibleEngine, RaftError, RaftNode, RaftOptions
 from hraftd.raft import StorageError as RaftStorageError
+from hraftd.settings import parse_address
 from hraftd.state import KVState
 
 LINEARIZABLE = "linearizable"
@@ -65,6 +66,8 @@ class ReplicatedKV(Mapping):
         cluster_id: str | None = None,
         compact_log_bytes: int = 64 << 20,
     ) -> None:
+        self_addr = parse_address(self_addr, listen=True, raft=True)
+        peers = [parse_address(peer, raft=True) for peer in peers]
         self.raft_addr = self_addr
         self.node_id = node_id or self_addr
         self.http_addr = http_addr

@@ -40,6 +40,7 @@ from hraftd.protocol import (
     status_of,
 )
 from hraftd.settings import Limits, normalize_addr
+from hraftd.ui import ui
 
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -55,6 +56,7 @@ _ROLE_OF_ENDPOINT = {
     "api.join": "admin",
     "api.join_secret": "admin",
     "api.remove": "admin",
+    "ui.cluster": "read",
 }
 # Without tokens, these need the node's operator: a process of the user running it (or root), on its machine.
 _OPERATOR_ONLY = frozenset({"api.join_secret", "api.remove"})
@@ -116,6 +118,7 @@ def create_app(
                       MAX_CONTENT_LENGTH=limits.max_body_bytes)
     app.json.sort_keys = False
     app.register_blueprint(api)
+    app.register_blueprint(ui)
     app.before_request(_start_clock)
     app.before_request(_authorize)
     app.before_request(_refuse_unknown_parameters)

@@ -6,9 +6,10 @@ must converge.
 
 Faults: kill -9 and restart of the leader or of a follower, SIGSTOP/SIGCONT of the leader's worker (the process
 holding the Raft node), and a network partition that cuts the leader off from the other Raft members. Partitions
-need one network namespace per node, joined by a bridge in the root namespace (``Network``); the test process
-still reaches every node over HTTP during a partition. Without root or ``ip``, nodes run on 127.0.0.1 and the
-partition fault is unavailable.
+need one network namespace per node, joined by a bridge (``Network``); the test process still reaches every node
+over HTTP during a partition. All of it lives inside network and mount namespaces made for the test
+(``own_namespace_command``): the host's interfaces and namespaces are never touched. Without root, ``ip`` or
+``unshare``, nodes run on 127.0.0.1 and the partition fault is unavailable.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import functools
 import itertools
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -41,8 +41,7 @@ FAULTS = ("kill-leader", "kill-follower", "pause-leader", "partition-leader")
 EXTRA_FAULTS = ("kill-all",)  # every node at once: acknowledged writes must survive it (durability)
 
 _NS_PREFIX = "hrt-"
-_LINK_RE = re.compile(r"^hr([0-9a-f]+)-([0-9a-f]+)[bv]\d*$")
-_NS_RE = re.compile(r"^hrt-(\d+)-(\d+)-node\d+$")
+INSIDE_OWN_NAMESPACE = "HRAFTD_TEST_OWN_NETNS"  # set in the child that runs in it
 _networks = itertools.count()
 
 
@@ -53,10 +52,6 @@ def _hraftd_help() -> str:
                           timeout=60).stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists()
-
-
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
     if check and result.returncode != 0:
@@ -64,38 +59,43 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def own_namespace_command(argv: list[str]) -> list[str]:
+    """``argv`` run in network and mount namespaces of its own, with loopback up and a private /run/netns.
+
+    Everything it creates (bridge, veths, the nodes' namespaces) is invisible to the host and disappears with
+    its last process.
+    """
+    setup = ('ip link set lo up && if [ -d /run/netns ]; then mount -t tmpfs hraftd-test /run/netns; '
+             'else mount -t tmpfs hraftd-test /run && mkdir /run/netns; fi && exec "$@"')
+    return ["unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", setup, "sh", *argv]
+
+
+def inside_own_namespace() -> bool:
+    return os.environ.get(INSIDE_OWN_NAMESPACE) == "1"
+
+
 def partitions_unavailable() -> str | None:
-    """Why network namespaces cannot be used here, or None if they can."""
+    """Why network namespaces cannot be used here, or None if they can (tried in a namespace of its own)."""
     if os.geteuid() != 0:
         return "network partitions need root (network namespaces)"
-    if shutil.which("ip") is None:
-        return "network partitions need iproute2's ip command"
-    probe = f"{_NS_PREFIX}{os.getpid()}-probe"
-    result = _ip("netns", "add", probe, check=False)
-    if result.returncode != 0:
-        return f"cannot create a network namespace: {result.stderr.strip()}"
-    _ip("netns", "del", probe, check=False)
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"network partitions need the {tool} command"
+    probe = subprocess.run(own_namespace_command(["ip", "netns", "add", "probe"]), capture_output=True, text=True,
+                           timeout=30)
+    if probe.returncode != 0:
+        return f"cannot create network namespaces: {probe.stderr.strip()}"
     return None
 
 
-def remove_stale_networks() -> None:
-    """Delete namespaces, veths and bridges left by runs whose process is gone (never those of a live run)."""
-    for line in _ip("netns", "list", check=False).stdout.splitlines():
-        name = line.split()[0] if line.split() else ""
-        match = _NS_RE.match(name) or re.match(r"^hrt-(\d+)-probe$", name)
-        if match and not _pid_alive(int(match.group(1))):
-            for pid in _ip("netns", "pids", name, check=False).stdout.split():  # nodes of a run that was killed
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            _ip("netns", "del", name, check=False)
+def host_network_names() -> set[str]:
+    """The interfaces and named network namespaces this process sees."""
+    names = {line.split()[0] for line in _ip("netns", "list", check=False).stdout.splitlines() if line.split()}
     for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
         parts = line.split(":")
-        if len(parts) < 2:
-            continue
-        name = parts[1].strip().split("@")[0]
-        match = _LINK_RE.match(name)
-        if match and not _pid_alive(int(match.group(1), 16)):
-            _ip("link", "del", name, check=False)
+        if len(parts) >= 2:
+            names.add(parts[1].strip().split("@")[0])
+    return names
 
 
 class Network:

@@ -1,6 +1,7 @@
 """hraftd.client.Client against a real cluster."""
 
 import pytest
+from nodes import wait_for
 
 from hraftd.client import Client, ClientError
 
@@ -18,7 +19,7 @@ def test_set_get_update_delete_from_any_node(clients):
     assert a.get("user3") == {"name": "alfred"} and a.status()["revision"] >= revision
     assert b.delete("user2") is True and b.delete("user2") is False
     assert c.get("user2") is None and c.get("user2", "gone") == "gone"
-    assert a.get("user1", level="stale") in ("batman", None)
+    wait_for(lambda: a.get("user1", level="stale") == "batman", 15, "a stale read to catch up with the write")
 
 
 def test_special_keys(clients):

@@ -2,6 +2,7 @@
 
 import re
 import shlex
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,21 +20,28 @@ def secret_file(tmp_path):
     return str(path)
 
 
-def test_compose_commands_parse(secret_file):
+def test_compose_commands_parse(secret_file, monkeypatch):
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert sorted(compose["services"]) == ["node0", "node1", "node2"]
+    real_getaddrinfo = socket.getaddrinfo
+
+    def compose_dns(host, *args, **kwargs):  # in compose's network each service name resolves
+        return real_getaddrinfo("10.0.0.7" if host in compose["services"] else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", compose_dns)
     for name, service in compose["services"].items():
         argv = [secret_file if arg == "/run/secrets/raft_secret" else arg for arg in service["command"]]
         settings = parse_args(argv)
         assert settings.node_id == name and settings.raft_secret == "example-secret-0123456789"
-        assert settings.http_addr == f"{name}:11000" and settings.raft_addr == f"{name}:12000"
+        assert settings.http_adv == f"{name}:11000" and settings.raft_addr == f"{name}:12000"
         assert (settings.join is None) == (name == "node0")
 
 
 def test_dockerfile_default_command_parses():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     command = yaml.safe_load(re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1))
-    assert parse_args(command).http_addr == "0.0.0.0:11000"
+    settings = parse_args(command)
+    assert (settings.http_addr, settings.http_adv) == ("0.0.0.0:11000", "localhost:11000")
 
 
 def test_systemd_unit_command_parses(secret_file):

@@ -9,8 +9,13 @@ FAIL the check: it proves the checker catches what linearizable reads prevent. T
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import jepsen
 import pytest
@@ -22,29 +27,54 @@ from nodes import wait_for
 LOAD_SECONDS = 10.0
 LONG_SECONDS = float(os.environ.get("HRAFTD_JEPSEN_SECONDS", "120"))
 NO_PARTITIONS = jepsen.partitions_unavailable()
+ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def network() -> Iterator[Network | None]:
-    """One namespace per node when this machine allows it (root and ip), else None: nodes run on loopback."""
-    if NO_PARTITIONS is not None:
-        yield None
-        return
-    jepsen.remove_stale_networks()
-    net = Network(3).create()
+def in_a_network_of_its_own(request: pytest.FixtureRequest) -> bool:
+    """Where partitions are possible (root), run this test again in a child process inside network and mount
+    namespaces of its own, and return True once it passed there; False in that child, or without root.
+
+    So the bridge, veths and per-node namespaces of a run are never created on the host: while the child runs,
+    the host is watched for any interface or namespace named after it.
+    """
+    if NO_PARTITIONS is not None or jepsen.inside_own_namespace():
+        return False
+    command = jepsen.own_namespace_command([sys.executable, "-m", "pytest", request.node.nodeid, "-q", "-s",
+                                            "-p", "no:cacheprovider", "-m", request.config.getoption("markexpr")])
+    child = subprocess.Popen(command, cwd=ROOT, env={**os.environ, jepsen.INSIDE_OWN_NAMESPACE: "1"},
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(child.stdout or ()), daemon=True)
+    reader.start()
+    seen_on_host: set[str] = set()
+    ours = (f"{jepsen._NS_PREFIX}{child.pid}-", f"hr{child.pid:x}-")  # how Network names what it creates
     try:
-        yield net
+        while child.poll() is None:
+            seen_on_host |= {name for name in jepsen.host_network_names() if name.startswith(ours)}
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(0.5)
     finally:
-        net.destroy()
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        reader.join(10)
+    print("".join(output))
+    assert child.returncode == 0, f"the test failed in its own network namespace:\n{''.join(output)[-5000:]}"
+    assert not seen_on_host, f"created on the host: {sorted(seen_on_host)}"
+    return True
 
 
-@pytest.fixture
-def jepsen_cluster(tmp_path, network) -> Iterator[JepsenCluster]:
+@contextlib.contextmanager
+def jepsen_cluster(tmp_path: Path) -> Iterator[JepsenCluster]:
+    """A started 3-node cluster: one network namespace per node where partitions are possible, else loopback."""
+    network = Network(3).create() if NO_PARTITIONS is None else None
     cluster = JepsenCluster(tmp_path, 3, network)
     try:
         yield cluster.start()
     finally:
         cluster.cleanup()
+        if network is not None:
+            network.destroy()
 
 
 needs_partitions = pytest.mark.skipif(NO_PARTITIONS is not None, reason=str(NO_PARTITIONS))
@@ -62,15 +92,32 @@ def assert_sound(report: jepsen.Report) -> None:
 
 @pytest.mark.parametrize("fault", ["kill-leader", "kill-follower", "pause-leader",
                                    pytest.param("partition-leader", marks=needs_partitions)])
-def test_history_under_faults_is_linearizable(jepsen_cluster, fault):
-    report = jepsen.run(jepsen_cluster, seconds=LOAD_SECONDS, faults=[fault], quiet=(1.0, 1.0), hold=(3.0, 3.0))
+def test_history_under_faults_is_linearizable(request, tmp_path, fault):
+    if in_a_network_of_its_own(request):
+        return
+    with jepsen_cluster(tmp_path) as cluster:
+        report = jepsen.run(cluster, seconds=LOAD_SECONDS, faults=[fault], quiet=(1.0, 1.0), hold=(3.0, 3.0))
     assert_sound(report)
 
 
 @needs_partitions
-def test_stale_reads_from_a_partitioned_leader_are_caught_by_the_checker(jepsen_cluster):
+def test_stale_reads_from_a_partitioned_leader_are_caught_by_the_checker(request, tmp_path):
     """The old leader, cut off, keeps serving its local copy: a stale read misses a write acknowledged before it."""
-    cluster, recorder = jepsen_cluster, Recorder()
+    if in_a_network_of_its_own(request):
+        return
+    with jepsen_cluster(tmp_path) as cluster:
+        recorder = stale_read_history(cluster)
+    result = check(recorder.ops)
+    print(result.explain())
+    assert not result.ok, "the checker missed a stale read after an acknowledged write"
+    probe = result.keys["probe"]
+    assert probe.linearizable is False, result.explain()
+    assert any(op.kind == READ and op.value == "before" for op in probe.culprits), probe.explanation
+
+
+def stale_read_history(cluster: JepsenCluster) -> Recorder:
+    """Stale reads from a leader cut off by a partition, then the final reads of every key."""
+    recorder = Recorder()
     assert cluster.network is not None
     leader = cluster.leader()
     others = [n for n in cluster.nodes if n is not leader]
@@ -95,19 +142,17 @@ def test_stale_reads_from_a_partitioned_leader_are_caught_by_the_checker(jepsen_
     keys = ["probe", "k0", "k1", "k2"]
     jepsen.final_reads(cluster, recorder, keys)
     jepsen.converge(cluster, keys)
-    result = check(recorder.ops)
-    print(result.explain())
-    assert not result.ok, "the checker missed a stale read after an acknowledged write"
-    probe = result.keys["probe"]
-    assert probe.linearizable is False, result.explain()
-    assert any(op.kind == READ and op.value == "before" for op in probe.culprits), probe.explanation
+    return recorder
 
 
 @pytest.mark.long
 @pytest.mark.timeout(LONG_SECONDS + 600)
-def test_long_randomized_run_with_mixed_faults(jepsen_cluster):
+def test_long_randomized_run_with_mixed_faults(request, tmp_path):
+    if in_a_network_of_its_own(request):
+        return
     faults = [f for f in jepsen.FAULTS if NO_PARTITIONS is None or "partition" not in f]
     faults = [*faults, *faults, *jepsen.EXTRA_FAULTS]  # now and then every node at once
-    report = jepsen.run(jepsen_cluster, seconds=LONG_SECONDS, faults=faults, keys=["k0", "k1", "k2", "k3"],
-                        clients=8, quiet=(1.0, 4.0), hold=(1.0, 5.0), check_seconds=300)
+    with jepsen_cluster(tmp_path) as cluster:
+        report = jepsen.run(cluster, seconds=LONG_SECONDS, faults=faults, keys=["k0", "k1", "k2", "k3"],
+                            clients=8, quiet=(1.0, 4.0), hold=(1.0, 5.0), check_seconds=300)
     assert_sound(report)

@@ -26,7 +26,7 @@ from nodes import Cluster
 from openapi_schema_validator import OAS31Validator
 from test_openapi import SPEC, FakeStore, documented_codes, operations, spec_path
 
-from hraftd import web
+from hraftd import protocol
 from hraftd.auth import TokenFile, allows
 from hraftd.errors import NotLeaderError
 from hraftd.settings import normalize_addr
@@ -542,11 +542,13 @@ def test_a_duplicate_key_is_found_in_linear_time(monkeypatch):
             super().__init__(*args, **kwargs)
             built += len(self)
 
-    monkeypatch.setattr(web, "dict", CountingDict, raising=False)  # the builtin, as web.py's code looks it up
+    # The builtin, as the check's own module looks it up, wherever that module is.
+    monkeypatch.setitem(protocol._object_without_duplicates.__globals__, "dict", CountingDict)
     keys = 2000
     body = "{" + ",".join(f'"k{i}":0' for i in range(keys)) + ',"k0":0}'
     response = recording_app(FakeStore()).test_client().post("/key", data=body)
     assert response.status_code == 400 and response.get_json()["code"] == "bad_json"
+    assert built >= keys, f"only {built} entries counted: the patch missed the dicts the check builds"
     assert built <= 4 * keys, f"{built:,} dict entries built to find the duplicate among {keys:,} keys"
 
 

@@ -180,3 +180,10 @@ def test_a_closed_store_says_so_at_once(tmp_path):
         with pytest.raises(ClosedError):
             call()
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(("address", "reason"), [(":14012", "has no host"), ("locahost:14012", "does not resolve"),
+                                                 ("127.0.0.1", "not HOST:PORT")])
+def test_a_bad_raft_address_is_refused_with_the_reason(tmp_path, address, reason):
+    with pytest.raises(ValueError, match=reason):
+        ReplicatedKV(address, data_dir=tmp_path)

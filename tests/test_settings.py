@@ -27,9 +27,10 @@ def test_defaults_are_the_go_programs():
 
 
 def test_long_flags_and_equals_forms():
-    settings = parse_args(["--haddr=0.0.0.0:8000", "-raddr=10.0.0.5:9000", "--id", "n1", "--threads", "4",
-                           "-raft-insecure", "d"])
-    assert settings.http_addr == "0.0.0.0:8000" and settings.raft_addr == "10.0.0.5:9000"
+    settings = parse_args(["--haddr=0.0.0.0:8000", "-hadv=10.0.0.5:8000", "-raddr=10.0.0.5:9000", "--id", "n1",
+                           "--threads", "4", "-raft-insecure", "d"])
+    assert settings.http_addr == "0.0.0.0:8000" and settings.http_adv == "10.0.0.5:8000"
+    assert settings.raft_addr == "10.0.0.5:9000"
     assert settings.node_id == "n1" and settings.threads == 4
 
 
