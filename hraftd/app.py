@@ -58,13 +58,14 @@ class NodeApp:
 
     async def respond(self, request: Request) -> Response:
         started = time.perf_counter()
-        route = "unmatched"
+        route, endpoint, native = "unmatched", None, None
         try:
             native = self._keys.route(request.method, request.path)
             if native is None:
                 response = await self._call_flask(request)
             else:
-                route = native[0]
+                endpoint = native[1]
+                route = native[0] if endpoint is not None else route  # as Flask: a 405 matched no route
                 response = await self._call_native(request, *native)
         except BadRequest as error:
             response = self._error(error.status, error.code, str(error))
@@ -72,8 +73,8 @@ class NodeApp:
             response = self._error(status_of(error), error.code, str(error))
         except Exception:
             response = self._error(500, "internal", internal_error_message(request.method, request.path))
-        if route != "unmatched":
-            response.route = route
+        if native is not None:
+            response.route, response.endpoint = route, endpoint
         return self._finish(request.method, response, started)
 
     def refuse(self, status: int, code: str, message: str, method: str = "OTHER",
@@ -85,6 +86,13 @@ class NodeApp:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """gunicorn loads only callable apps; hraftd's worker calls ``respond``, and the node refuses to start
+        under any other worker, so this WSGI face only says so."""
+        body, headers = error_document(500, "internal", "this app is served by hraftd's own gunicorn worker only")
+        start_response("500 Internal Server Error", [("Content-Type", "application/json"), *headers])
+        return [body]
 
     async def _call_native(self, request: Request, route: str, endpoint: str | None,
                            handler: Callable[..., Any] | None) -> Response:

@@ -304,6 +304,8 @@ class HttpConnection(asyncio.Protocol):
     def _parse_error(self, error: Exception) -> Refused:
         if isinstance(error, httptools.HttpParserInvalidMethodError) and _METHOD_TOKEN.match(self.first_bytes):
             return Refused(405, "method_not_allowed", "The method is not allowed for the requested URL.")
+        if str(error) == "Content-Length overflow":
+            return self._too_large()
         return Refused(400, "bad_request", f"invalid HTTP request: {error}")
 
     def _refuse(self, refused: Refused) -> None:

@@ -30,6 +30,8 @@ from hraftd.request import Request, Response
 
 KEY_ROUTE = "/key/<key:key>"
 WRITE_ROUTE = "/key"
+# (route, method) -> endpoint, the names of hraftd.protocol's rules; ``KeyHandlers.route`` answers by it.
+ENDPOINTS = {(WRITE_ROUTE, "POST"): "set_keys", (KEY_ROUTE, "GET"): "get_key", (KEY_ROUTE, "DELETE"): "delete_key"}
 
 
 class AsyncStore(Protocol):
