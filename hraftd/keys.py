@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -72,10 +73,7 @@ class KeyHandlers:
     def check(self, request: Request, endpoint: str | None) -> dict[str, str]:
         """Authorize the request, refuse unknown query parameters; returns the first value of each parameter."""
         authorize(self._tokens, endpoint, request.header("authorization"))
-        parameters: dict[str, str] = {}
-        if request.query:
-            for name, value in urllib.parse.parse_qsl(request.query, keep_blank_values=True):
-                parameters.setdefault(name, value)
+        parameters = _parameters(request.query) if request.query else {}
         if endpoint is not None:
             check_parameters(endpoint, parameters)
         return parameters
@@ -111,6 +109,15 @@ class KeyHandlers:
             raise error
         existed, revision = result
         return Response(200, json_body({"deleted": existed, "revision": revision}))
+
+
+@functools.lru_cache(maxsize=256)  # a few query strings recur (level=stale): parse each once
+def _parameters(query: str) -> dict[str, str]:
+    """The first value of each parameter of a query string (as werkzeug's ``request.args.get``)."""
+    parameters: dict[str, str] = {}
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        parameters.setdefault(name, value)
+    return parameters
 
 
 def _outcome(start: Callable[[Callable[..., None]], None]) -> asyncio.Future[Any]:

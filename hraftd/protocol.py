@@ -85,7 +85,10 @@ def authorize(tokens: TokenFile | None, endpoint: str | None, authorization: str
 
 def check_parameters(endpoint: str, names: Iterable[str]) -> None:
     """Refuse a query parameter that ``endpoint`` does not take."""
-    unknown = sorted(set(names) - PARAMETERS_OF_ENDPOINT.get(endpoint, frozenset()))
+    allowed = PARAMETERS_OF_ENDPOINT.get(endpoint, frozenset())
+    if allowed.issuperset(names):
+        return
+    unknown = sorted(set(names) - allowed)
     if unknown:
         raise BadRequest(f"unknown query parameter {unknown[0][:100]!r}", "unknown_parameter")
 
