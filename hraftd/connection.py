@@ -4,7 +4,8 @@ What it guarantees, so that slow and hostile clients cost memory, not service:
 - a request's head must arrive within ``io_timeout`` of its first byte (else ``408``), and its body within
   ``io_timeout`` of the end of the head (else ``400``); then the connection is closed;
 - a connection idle between requests is closed after ``keepalive`` seconds, and is the first to go when the
-  cap on open connections is reached; past the cap with none idle, a new connection is answered ``503 busy``;
+  cap on open connections is reached (``hraftd.worker.HttpServer``); past the cap with none idle, a new
+  connection is answered ``503 busy``;
 - a body of ``max_body`` bytes or more is answered ``413`` as soon as that is known, and what the client still
   sends is read and thrown away (up to ``linger_bytes``, for ``io_timeout``) before the connection closes, so
   the client reads the answer instead of a reset;
@@ -17,17 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
 import re
 import time
 import urllib.parse
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from hraftd.request import Request, Response
+
+if TYPE_CHECKING:
+    from hraftd.worker import HttpServer
 
 log = logging.getLogger("hraftd.http")
 IDLE, HEAD, BODY, DONE, LINGER, CLOSED = "idle", "head", "body", "done", "linger", "closed"
@@ -42,57 +45,6 @@ class Refused(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code = status, code
-
-
-class HttpServer:
-    """The connections of one worker, their cap, and their deadlines (checked by ``sweep``, once a second)."""
-
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, *, keepalive: float, max_connections: int,
-                 limit_request_line: int = 8190, limit_request_fields: int = 100,
-                 limit_request_field_size: int = 8190, scheme: str = "http",
-                 access_log: logging.Logger | None = None) -> None:
-        self.app, self.loop, self.scheme, self.access_log = app, loop, scheme, access_log
-        self.io_timeout: float = app.io_timeout
-        self.max_body: int = app.limits.max_body_bytes
-        self.linger_bytes = max(16 * 2**20, 2 * self.max_body)
-        self.keepalive, self.max_connections = keepalive, max_connections
-        self.limit_line, self.limit_fields, self.limit_field = (limit_request_line, limit_request_fields,
-                                                                limit_request_field_size)
-        self.limit_head = limit_request_line + limit_request_fields * (limit_request_field_size + 4) + 4
-        self.connections: set[HttpConnection] = set()
-        self.refused: set[HttpConnection] = set()  # over the cap: answered 503, waiting for the client to read it
-        self.date_line = ""
-        self.sweep()
-
-    def connection(self) -> HttpConnection:
-        return HttpConnection(self)
-
-    def admit(self, connection: HttpConnection) -> bool:
-        """Count a new connection in; at the cap, close the one idle the longest for it, or refuse it."""
-        if len(self.connections) >= self.max_connections:
-            idle = [c for c in self.connections if c.is_idle()]
-            if not idle:
-                return False
-            oldest = min(idle, key=lambda c: c.idle_since)
-            oldest.close()
-            self.connections.discard(oldest)
-        self.connections.add(connection)
-        return True
-
-    def sweep(self) -> None:
-        """Enforce every connection's deadline; refresh the Date header."""
-        self.date_line = f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
-        now = self.loop.time()
-        for connection in [c for c in (*self.connections, *self.refused) if c.overdue(now)]:
-            connection.expire(now)
-
-    def busy(self) -> bool:
-        """Whether any request is being answered or waits to be."""
-        return any(c.busy or c.pending for c in self.connections)
-
-    def close_idle(self) -> None:
-        for connection in [c for c in self.connections if c.is_idle()]:
-            connection.close()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -128,8 +80,9 @@ class HttpConnection(asyncio.Protocol):
         return self.reading == IDLE and not self.busy and not self.pending
 
     def overdue(self, now: float) -> bool:
-        return ((self.deadline is not None and now >= self.deadline)
-                or (self.write_deadline is not None and now >= self.write_deadline))
+        # While the node itself does not read (answers to make first), the client cannot be late.
+        read_late = self.deadline is not None and now >= self.deadline and not self.read_paused
+        return read_late or (self.write_deadline is not None and now >= self.write_deadline)
 
     # ----- asyncio callbacks -----
 

@@ -3,13 +3,17 @@
 gunicorn's master binds the listening sockets, starts this worker and restarts it if it dies; the worker loads
 the node's app (``hraftd.server``), serves every connection on its loop, and sends gunicorn its heartbeat. On
 SIGTERM it stops accepting, lets the requests in progress finish (up to ``--graceful-timeout``), then exits;
-SIGINT and SIGQUIT stop it at once.
+SIGINT and SIGQUIT stop it at once. ``HttpServer`` keeps the worker's connections: at most
+``--worker-connections`` open, the longest idle closed to make room for a new one, and every connection's
+deadline enforced once a second.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import logging
 import os
 import resource
 import signal
@@ -21,7 +25,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.sock import ssl_context
 from gunicorn.workers.base import Worker
 
-from hraftd.connection import HttpServer
+from hraftd.connection import HttpConnection
 
 _SWEEP_INTERVAL = 1.0  # seconds between deadline checks and heartbeats
 _SPARE_FILES = 256  # file descriptors beyond the connection cap: the Raft node's sockets, its journal, logs
@@ -99,3 +103,54 @@ class NodeWorker(Worker):
 
     def handle_usr1(self, sig: int, frame: Any) -> None:
         self.log.reopen_files()
+
+
+class HttpServer:
+    """The connections of one worker, their cap, and their deadlines (checked by ``sweep``, once a second)."""
+
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, *, keepalive: float, max_connections: int,
+                 limit_request_line: int = 8190, limit_request_fields: int = 100,
+                 limit_request_field_size: int = 8190, scheme: str = "http",
+                 access_log: logging.Logger | None = None) -> None:
+        self.app, self.loop, self.scheme, self.access_log = app, loop, scheme, access_log
+        self.io_timeout: float = app.io_timeout
+        self.max_body: int = app.limits.max_body_bytes
+        self.linger_bytes = max(16 * 2**20, 2 * self.max_body)
+        self.keepalive, self.max_connections = keepalive, max_connections
+        self.limit_line, self.limit_fields, self.limit_field = (limit_request_line, limit_request_fields,
+                                                                limit_request_field_size)
+        self.limit_head = limit_request_line + limit_request_fields * (limit_request_field_size + 4) + 4
+        self.connections: set[HttpConnection] = set()
+        self.refused: set[HttpConnection] = set()  # over the cap: answered 503, waiting for the client to read it
+        self.date_line = ""
+        self.sweep()
+
+    def connection(self) -> HttpConnection:
+        return HttpConnection(self)
+
+    def admit(self, connection: HttpConnection) -> bool:
+        """Count a new connection in; at the cap, close the one idle the longest for it, or refuse it."""
+        if len(self.connections) >= self.max_connections:
+            idle = [c for c in self.connections if c.is_idle()]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.close()
+            self.connections.discard(oldest)
+        self.connections.add(connection)
+        return True
+
+    def sweep(self) -> None:
+        """Enforce every connection's deadline; refresh the Date header."""
+        self.date_line = f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+        now = self.loop.time()
+        for connection in [c for c in (*self.connections, *self.refused) if c.overdue(now)]:
+            connection.expire(now)
+
+    def busy(self) -> bool:
+        """Whether any request is being answered or waits to be."""
+        return any(c.busy or c.pending for c in self.connections)
+
+    def close_idle(self) -> None:
+        for connection in [c for c in self.connections if c.is_idle()]:
+            connection.close()
