@@ -386,7 +386,7 @@ class HttpConnection(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Read while lingering, else only when nothing waits: neither an answer to make nor the client."""
         pause = self.reading != LINGER and (self.write_paused or (self.busy and bool(self.pending)))
-        if pause != self.read_paused and self.reading != CLOSED:
+        if pause != self.read_paused and self.reading != CLOSED and not self.transport.is_closing():
             self.read_paused = pause
             (self.transport.pause_reading if pause else self.transport.resume_reading)()
 
