@@ -22,6 +22,7 @@ from hraftd.request import Request
 from hraftd.settings import Limits
 
 MAX_CONNECTIONS = 16
+TCP_ESTABLISHED = 1  # tcpi_state in Linux's TCP_INFO
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,24 @@ def test_the_thread_pool_queue_is_bounded_and_key_requests_need_no_thread():
         flask_app.release.set()
         app.close()
         client.close()
+
+
+def test_a_client_that_does_not_read_its_answers_is_disconnected(node):
+    """Pipelined requests whose answers are never read: the node stops reading it, then cuts it off."""
+    requests.post(f"{node.url}/key", json={"big": "x" * 15000}, timeout=5)
+    host, port = node.http_addr.split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.connect((host, int(port)))
+    request = b"GET /key/big?level=stale HTTP/1.1\r\nHost: x\r\n\r\n"
+    sock.settimeout(0.5)
+    sent = 0
+    with contextlib.suppress(TimeoutError, OSError):
+        while sent < 20_000:  # far more answers (15 kB each) than the socket buffers hold
+            sock.sendall(request * 100)
+            sent += 100
+    assert requests.get(f"{node.url}/status", timeout=3).status_code == 200  # others are served meanwhile
+    # Without reading a byte: the connection leaves ESTABLISHED when the node resets or closes it.
+    wait_for(lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED, 15,
+             "the node to cut off a client that does not read")
+    sock.close()
