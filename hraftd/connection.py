@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -58,12 +59,13 @@ class HttpConnection(asyncio.Protocol):
         self.reading = IDLE
         self.deadline: float | None = None
         self.write_deadline: float | None = None
-        self.idle_since = self.loop.time()
+        self.idle_since = time.monotonic()  # not loop.time(): that is cached per loop turn, so ties are common
         self.busy = False  # a request is being answered
         self.pending: collections.deque[tuple[Request, bool] | Response] = collections.deque()
         self.read_paused = self.write_paused = self.client_eof = False
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.starting = False  # _next is running: answers it starts must not start the next themselves
         self.lingered = 0
         self._new_request()
 
@@ -291,15 +293,26 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _next(self) -> None:
-        if self.busy or not self.pending or self.reading == CLOSED:
+        """Answer the requests due, one at a time. Each answer is started here and now; only one that must wait
+        (for Raft, a thread, the client) goes on in a task, so most answers cost no task at all."""
+        if self.starting:  # called back from an answer that this loop started: the loop goes on with the rest
             return
-        item = self.pending.popleft()
-        self.busy = True
-        if isinstance(item, Response):  # a refusal: the last answer on this connection
-            self.task = self.loop.create_task(self._answer(None, item, False))
-        else:
-            request, keep_alive = item
-            self.task = self.loop.create_task(self._answer(request, None, keep_alive))
+        self.starting = True
+        try:
+            while not self.busy and self.pending and self.reading != CLOSED:
+                item = self.pending.popleft()
+                self.busy = True
+                if isinstance(item, Response):  # a refusal: the last answer on this connection
+                    answer = self._answer(None, item, False)
+                else:
+                    answer = self._answer(item[0], None, item[1])
+                try:
+                    awaited = answer.send(None)
+                except StopIteration:
+                    continue
+                self.task = self.loop.create_task(_carry_on(answer, awaited))
+        finally:
+            self.starting = False
 
     async def _answer(self, request: Request | None, response: Response | None, keep_alive: bool) -> None:
         try:
@@ -321,8 +334,8 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._update_reading()
             if self.reading == IDLE:
-                self.idle_since = self.loop.time()
-                self.deadline = self.idle_since + self.server.keepalive
+                self.idle_since = time.monotonic()
+                self.deadline = self.loop.time() + self.server.keepalive
 
     async def _write(self, request: Request | None, response: Response, keep_alive: bool) -> None:
         version = request.http_version if request is not None else "1.1"
@@ -396,3 +409,24 @@ class HttpConnection(asyncio.Protocol):
         self.server.access_log.info('%s - - [%s] "%s %s HTTP/%s" %d %d "%s" "%s"', request.remote_addr, when,
                                     request.method, request.target, request.http_version, status, sent, referer,
                                     agent)
+
+
+async def _carry_on(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """Go on with ``coroutine``, started outside any task, from the future it waits for (None: a bare yield)."""
+    while True:
+        try:
+            if awaited is None:
+                await asyncio.sleep(0)
+            else:
+                awaited._asyncio_future_blocking = False  # as a task does with the futures its coroutine yields
+                await awaited
+        except BaseException as error:  # the future's own error, or this task cancelled: the coroutine's to meet
+            try:
+                awaited = coroutine.throw(error)
+            except StopIteration:
+                return
+            continue
+        try:
+            awaited = coroutine.send(None)
+        except StopIteration:
+            return
