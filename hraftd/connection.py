@@ -22,7 +22,6 @@ import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +64,6 @@ class HttpConnection(asyncio.Protocol):
         self.read_paused = self.write_paused = self.client_eof = False
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.starting = False  # _next is running: answers it starts must not start the next themselves
         self.lingered = 0
         self._new_request()
 
@@ -293,26 +291,15 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _next(self) -> None:
-        """Answer the requests due, one at a time. Each answer is started here and now; only one that must wait
-        (for Raft, a thread, the client) goes on in a task, so most answers cost no task at all."""
-        if self.starting:  # called back from an answer that this loop started: the loop goes on with the rest
+        if self.busy or not self.pending or self.reading == CLOSED:
             return
-        self.starting = True
-        try:
-            while not self.busy and self.pending and self.reading != CLOSED:
-                item = self.pending.popleft()
-                self.busy = True
-                if isinstance(item, Response):  # a refusal: the last answer on this connection
-                    answer = self._answer(None, item, False)
-                else:
-                    answer = self._answer(item[0], None, item[1])
-                try:
-                    awaited = answer.send(None)
-                except StopIteration:
-                    continue
-                self.task = self.loop.create_task(_carry_on(answer, awaited))
-        finally:
-            self.starting = False
+        item = self.pending.popleft()
+        self.busy = True
+        if isinstance(item, Response):  # a refusal: the last answer on this connection
+            self.task = self.loop.create_task(self._answer(None, item, False))
+        else:
+            request, keep_alive = item
+            self.task = self.loop.create_task(self._answer(request, None, keep_alive))
 
     async def _answer(self, request: Request | None, response: Response | None, keep_alive: bool) -> None:
         try:
@@ -410,23 +397,3 @@ class HttpConnection(asyncio.Protocol):
                                     request.method, request.target, request.http_version, status, sent, referer,
                                     agent)
 
-
-async def _carry_on(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """Go on with ``coroutine``, started outside any task, from the future it waits for (None: a bare yield)."""
-    while True:
-        try:
-            if awaited is None:
-                await asyncio.sleep(0)
-            else:
-                awaited._asyncio_future_blocking = False  # as a task does with the futures its coroutine yields
-                await awaited
-        except BaseException as error:  # the future's own error, or this task cancelled: the coroutine's to meet
-            try:
-                awaited = coroutine.throw(error)
-            except StopIteration:
-                return
-            continue
-        try:
-            awaited = coroutine.send(None)
-        except StopIteration:
-            return
