@@ -1,25 +1,27 @@
-"""The ceiling of the HTTP request path: what one gunicorn gthread worker answers with nothing behind it.
+"""The ceiling of the HTTP request path: what one gunicorn worker answers with nothing behind it.
 
     python benchmarks/ceiling.py [--rounds 3] [--duration 5] [--clients 32]
 
-Three servers, each one gunicorn master + one gthread worker with 16 threads on 127.0.0.1, are driven in
-turn by the same wrk GET load (benchmarks/lua/read.lua, stale level), round after round, so that machine
-noise hits all of them alike:
+Four servers, each one gunicorn master + one worker on 127.0.0.1, are driven in turn by the same wrk GET
+load (benchmarks/lua/read.lua, stale level), round after round, so that machine noise hits all of them alike:
 
-- ``wsgi``: a plain WSGI function answering a constant JSON body (gunicorn's own cost per request);
-- ``flask``: a minimal Flask app, one route and ``jsonify`` (what Flask adds);
+- ``gthread``: a plain WSGI function answering a constant JSON body, on gunicorn's gthread worker (16 threads);
+- ``uvicorn``: a plain ASGI function answering the same, on uvicorn's gunicorn worker (uvloop, httptools);
+- ``hraftd-worker``: an app answering the same, on hraftd's own worker (``hraftd.worker.NodeWorker``: uvloop,
+  httptools), so the worker's own cost per request;
 - ``hraftd``: a one-node hraftd answering stale reads of 1,000 stored keys (the real request path).
 
 It prints requests per second (median of the rounds), the worker's CPU (user and system cores), the CPU time
-per request, and each server's throughput as a share of ``wsgi``'s. No Raft work is involved in any of them:
-if ``wsgi`` stays under a target, no change to hraftd's own code can reach that target with this worker.
-This module is also the gunicorn app module of the first two servers.
+per request, and each server's throughput as a share of ``gthread``'s. No Raft work is involved in any of
+them. This module is also the app module of the first three servers; ``uvicorn`` needs the ``uvicorn-worker``
+package, which hraftd does not (pip install uvicorn-worker).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -28,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from cluster import Node, Registry, cpu_seconds, free_port, http_request, process_group, system_seconds, wait_for
-from flask import Flask, jsonify
 from generator import run_wrk, wrk_version
 
 BODY = b'{"r1":"0123456789abcdef"}\n'
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def plain_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -39,12 +41,41 @@ def plain_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     return [BODY]
 
 
-minimal_flask = Flask("minimal")
+async def plain_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]})
+    await send({"type": "http.response.body", "body": BODY})
 
 
-@minimal_flask.get("/key/<path:key>")
-def read_key(key: str) -> Any:
-    return jsonify({key: "0123456789abcdef"})
+class ConstantApp:
+    """What hraftd's worker serves (``respond``, ``refuse``), answering the constant body: the worker's own cost."""
+
+    io_timeout = 10.0
+
+    def __init__(self) -> None:
+        from hraftd.request import Response
+        from hraftd.settings import Limits
+
+        self.limits = Limits()
+        self._response = Response
+
+    async def respond(self, request: Any) -> Any:
+        return self._response(200, BODY)
+
+    def refuse(self, status: int, code: str, message: str, method: str = "OTHER", headers: Any = ()) -> Any:
+        return self._response(status, b"{}")
+
+    def close(self) -> None:
+        pass
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:  # gunicorn loads callables
+        return plain_wsgi(environ, start_response)
+
+
+def constant_app() -> ConstantApp:
+    return ConstantApp()
 
 
 class Server:
@@ -70,17 +101,20 @@ def main() -> None:
 
     registry = Registry()
     here = Path(__file__).resolve().parent
-    results: dict[str, list[dict[str, Any]]] = {"wsgi": [], "flask": [], "hraftd": []}
+    results: dict[str, list[dict[str, Any]]] = {"gthread": [], "uvicorn": [], "hraftd-worker": [], "hraftd": []}
     try:
         with tempfile.TemporaryDirectory(prefix="hraftd-ceiling-") as temp:
             servers = {}
-            for name, app in (("wsgi", "ceiling:plain_wsgi"), ("flask", "ceiling:minimal_flask")):
+            for name, worker, app in (("gthread", ["-k", "gthread", "--threads", "16"], "ceiling:plain_wsgi"),
+                                      ("uvicorn", ["-k", "uvicorn_worker.UvicornWorker"], "ceiling:plain_asgi"),
+                                      ("hraftd-worker", ["-k", "hraftd.worker.NodeWorker"],
+                                       "ceiling:constant_app()")):
                 addr = f"127.0.0.1:{free_port()}"
-                process = registry.popen([sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread",
-                                          "--threads", "16", "-b", addr, app], Path(temp) / f"{name}.log",
-                                         cwd=str(here))
+                process = registry.popen([sys.executable, "-m", "gunicorn", "-w", "1", *worker, "-b", addr, app],
+                                         Path(temp) / f"{name}.log", cwd=str(here),
+                                         env={**os.environ, "PYTHONPATH": f"{here}:{ROOT}"})
                 servers[name] = (addr, process.pid)
-            node = Node(registry, "hraftd", Path(temp) / "data", Path(temp), []).start()
+            node = Node(registry, "hraftd", Path(temp) / "data", Path(temp), [], ROOT).start()
             node.wait_ready()
             servers["hraftd"] = (node.http_addr, node.pid)
             status, _ = http_request(node.http_addr, "POST", "/key",
@@ -99,7 +133,7 @@ def main() -> None:
                     results[name].append({"throughput": run["throughput"], "cpu_cores": cores,
                                           "system_cores": system, "other_cpu_cores": run["other_cpu_cores"],
                                           "errors": run["socket_errors"] + run["status_errors"]})
-                    print(f"round {round_} {name:7s} {run['throughput']:8.0f} req/s  server CPU {cores:.2f} cores "
+                    print(f"round {round_} {name:14s} {run['throughput']:8.0f} req/s  server CPU {cores:.2f} cores "
                           f"({system:.2f} system)  other {run['other_cpu_cores']:.2f}", flush=True)
     finally:
         registry.kill_all()
@@ -112,10 +146,10 @@ def main() -> None:
                          "system_cores": statistics.median(r["system_cores"] for r in runs),
                          "cpu_us_per_request": round(1e6 * cores / throughput, 1), "runs": runs}
     print(f"\n{args.clients} clients, {args.rounds} rounds of {args.duration:g} s, medians; {wrk_version()}")
-    print("server   req/s   CPU cores (system)   CPU us/request   share of wsgi")
+    print("server          req/s   CPU cores (system)   CPU us/request   share of gthread")
     for name, row in summary.items():
-        share = row["throughput"] / summary["wsgi"]["throughput"]
-        print(f"{name:7s} {row['throughput']:7.0f}   {row['cpu_cores']:.2f} ({row['system_cores']:.2f})"
+        share = row["throughput"] / summary["gthread"]["throughput"]
+        print(f"{name:14s} {row['throughput']:7.0f}   {row['cpu_cores']:.2f} ({row['system_cores']:.2f})"
               f"          {row['cpu_us_per_request']:7.1f}          {share:.0%}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "clients": args.clients,

@@ -94,6 +94,8 @@ def environment(args: argparse.Namespace, source: Path, source_desc: str) -> dic
         "pysyncobj": version("pysyncobj"),
         "flask": version("flask"),
         "gunicorn": version("gunicorn"),
+        "uvloop": version("uvloop"),
+        "httptools": version("httptools"),
         "hraftd": version("hraftd"),
         "source": source_desc,
         "work_tree_head": git("rev-parse", "--short", "HEAD"),

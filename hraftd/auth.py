@@ -1,4 +1,8 @@
-"""Bearer-token authentication for the HTTP API: each token has a role, read < write < admin."""
+"""Bearer-token authentication for the HTTP API: each token has a role, read < write < admin.
+
+A token is taken whole from its line: nothing inside a token line is a comment, so a ``#`` in a token is part
+of it. A token shorter than ``MIN_TOKEN_LENGTH`` is refused when the file is read, before the node serves.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,28 @@ import hmac
 from pathlib import Path
 
 ROLES = ("read", "write", "admin")
+MIN_TOKEN_LENGTH = 16
 
 
 class TokenFile:
-    """Tokens from a file of lines ``ROLE TOKEN`` (role: read, write or admin); ``#`` starts a comment."""
+    """Tokens from a file of lines ``ROLE TOKEN`` (role: read, write or admin); a line whose first character
+    that is not blank is ``#`` is a comment, and blank lines are skipped."""
 
     def __init__(self, path: str | Path) -> None:
         self._tokens: list[tuple[bytes, str]] = []
         for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
-            role, _, token = line.partition(" ")
-            token = token.strip()
-            if role not in ROLES or not token or " " in token:
-                raise ValueError(f"{path}, line {number}: expected 'ROLE TOKEN' with ROLE one of {', '.join(ROLES)}")
+            where = f"{path}, line {number}"
+            if len(fields) != 2 or fields[0] not in ROLES:
+                raise ValueError(f"{where}: expected 'ROLE TOKEN' with ROLE one of {', '.join(ROLES)} and a token "
+                                 "without spaces (comments go on lines of their own)")
+            role, token = fields
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ValueError(f"{where}: the {role} token has {len(token)} characters; tokens need at least "
+                                 f"{MIN_TOKEN_LENGTH} (make one with: python -c 'import secrets; "
+                                 "print(secrets.token_urlsafe(32))')")
             self._tokens.append((token.encode(), role))
         if not self._tokens:
             raise ValueError(f"{path} names no token")
@@ -33,8 +44,9 @@ class TokenFile:
     def role_of(self, token: str) -> str | None:
         """The role of ``token``, or None; compares against every token in constant time."""
         found = None
+        presented = token.encode("utf-8", "surrogateescape")
         for known, role in self._tokens:
-            if hmac.compare_digest(known, token.encode()):
+            if hmac.compare_digest(known, presented):
                 found = role
         return found
 

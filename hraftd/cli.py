@@ -72,11 +72,16 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("no-fsync", dest="fsync", action="store_false",
            help="acknowledge writes without waiting for the disk: faster, but a power loss of a majority of "
            "nodes can lose acknowledged writes (default: fsync on)")
-    option("threads", type=count, default=16, help="HTTP request threads (default 16)")
+    option("threads", type=count, default=16,
+           help="threads for the HTTP requests other than /key (status, membership, backup...) (default 16)")
     option("max-pending", type=count, default=64, metavar="N",
-           help="requests that may wait for a thread; more are answered 503 at once (default 64)")
+           help="of those requests, how many may wait for a thread; more are answered 503 at once (default 64)")
     option("io-timeout", type=seconds, default=10.0, metavar="SECONDS",
-           help="longest wait for one read or write on a client connection; slow clients are cut off (default 10)")
+           help="time a client has to send a request's head, then its body, and to read an answer; slower "
+           "clients are cut off (default 10)")
+    option("max-connections", type=count, default=10000, metavar="N",
+           help="open HTTP connections; past it the one idle longest is closed, or a new one is answered 503 "
+           "(default 10000)")
     defaults = Limits()
     option("max-body", dest="max_body_bytes", type=count, default=defaults.max_body_bytes, metavar="BYTES",
            help=f"largest request body (default {defaults.max_body_bytes})")
@@ -118,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             data_dir=args.data_dir, http_addr=args.haddr, http_adv=args.hadv, raft_addr=args.raddr, join=args.join,
             node_id=args.node_id, timeout=args.timeout, join_timeout=args.join_timeout, fsync=args.fsync,
             threads=args.threads, max_pending=args.max_pending, io_timeout=args.io_timeout,
+            max_connections=args.max_connections,
             limits=Limits(max_body_bytes=args.max_body_bytes, max_key_bytes=args.max_key_bytes,
                           max_keys_per_write=args.max_keys_per_write, max_value_bytes=args.max_value_bytes),
             raft_secret=read_secret(args.raft_secret_file) or os.environ.get("HRAFTD_RAFT_SECRET") or None,

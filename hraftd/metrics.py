@@ -15,6 +15,7 @@ from prometheus_client.core import (
 )
 
 ROLES = ("leader", "follower", "candidate")
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 
 class StatsSource(Protocol):
@@ -75,6 +76,9 @@ class NodeMetrics:
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request; any method not in HTTP_METHODS is counted as ``OTHER``."""
+        if method not in HTTP_METHODS:  # a label set per made-up method would grow the metrics without bound
+            method = "OTHER"
         # labels() validates and locks on every call; a handful of label sets recur, so look each up once.
         children = self._children.get((route, method, status))
         if children is None:

@@ -1,8 +1,9 @@
-"""The rules of the HTTP API that do not depend on a web framework: what a valid request body, key and value
-are, and what an error answer looks like.
+"""The rules of the HTTP API, apart from any web framework: who may call what, which query parameters each
+endpoint takes, what a valid body, key and value are, and what an error answer looks like.
 
-Both the Flask app (``hraftd.web``) and the fast path for the hot requests (``hraftd.fastpath``) use these, so
-a rule or an error document has one definition.
+The native handlers of the hot requests (``hraftd.keys``), the Flask app of the others (``hraftd.web``) and the
+HTTP server itself (``hraftd.connection``) all use these, so each rule and each error document has one
+definition.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import json
 import logging
 import math
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
+from hraftd.auth import TokenFile, allows
 from hraftd.errors import (
     ClosedError,
     HraftdError,
@@ -42,6 +45,24 @@ _STATUS_OF = {
 }
 
 
+# The role each endpoint needs when tokens are configured; endpoints not named here need none. A request that
+# matches no endpoint needs "read", so that a stranger learns nothing of which paths exist.
+ROLE_OF_ENDPOINT = {
+    "get_key": "read",
+    "status": "read",
+    "metrics": "read",
+    "backup": "read",
+    "set_keys": "write",
+    "delete_key": "write",
+    "join": "admin",
+    "join_secret": "admin",
+    "remove": "admin",
+    "ui.cluster": "read",
+}
+# The query parameters each endpoint accepts; any other is refused rather than silently ignored.
+PARAMETERS_OF_ENDPOINT = {"get_key": frozenset({"level"})}
+
+
 class BadRequest(Exception):
     """The request is malformed; the message says how."""
 
@@ -49,6 +70,42 @@ class BadRequest(Exception):
         super().__init__(message)
         self.code = code
         self.status = status
+
+
+def required_role(endpoint: str | None) -> str | None:
+    """The role a request for ``endpoint`` (None: no endpoint matched) needs when tokens are configured."""
+    return "read" if endpoint is None else ROLE_OF_ENDPOINT.get(endpoint)
+
+
+def authorize(tokens: TokenFile | None, endpoint: str | None, authorization: str) -> None:
+    """Refuse (401, 403) a request whose ``Authorization`` header does not grant what ``endpoint`` needs."""
+    needed = required_role(endpoint)
+    if tokens is None or needed is None:
+        return
+    role = tokens.role_of_authorization(authorization)
+    if role is None:
+        raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
+    if not allows(role, needed):
+        raise BadRequest(f"this token's role is {role!r}; this request needs {needed!r}", "forbidden", 403)
+
+
+def check_parameters(endpoint: str, names: Iterable[str]) -> None:
+    """Refuse a query parameter that ``endpoint`` does not take."""
+    allowed = PARAMETERS_OF_ENDPOINT.get(endpoint, frozenset())
+    if allowed.issuperset(names):
+        return
+    unknown = sorted(set(names) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown query parameter {unknown[0][:100]!r}", "unknown_parameter")
+
+
+def read_level(value: str | None) -> str:
+    """The read level a ``level`` query parameter asks for (linearizable when absent)."""
+    if value is None:
+        return READ_LEVELS[0]
+    if value not in READ_LEVELS:
+        raise BadRequest(f"unknown read level {value!r}: use linearizable or stale", "bad_level")
+    return value
 
 
 def status_of(error: HraftdError) -> int:

@@ -1,14 +1,13 @@
-"""Serving a node: gunicorn with exactly one worker, which owns the Raft node.
+"""Serving a node: gunicorn with exactly one worker of hraftd's own class, which owns the Raft node.
 
 Two ways in, one code path: ``hraftd`` embeds gunicorn (``NodeServer``), and
-``gunicorn 'hraftd.server:create_app()'`` loads the same node from HRAFTD_* environment variables.
+``gunicorn -c python:hraftd.gunicorn_conf`` loads the same node from HRAFTD_* environment variables.
 Either way the node is built in the worker, never in the master; the worker dies with its master, and a stop
 signal sent to the worker stops the master too. Opening the store (join, restore) is ``hraftd.startup``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import logging.config
@@ -16,21 +15,18 @@ import os
 import signal
 import socket
 import ssl
-import struct
 import sys
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger
 from setproctitle import setproctitle
 
-from hraftd import web
+from hraftd.app import NodeApp, build_app
 from hraftd.auth import TokenFile
 from hraftd.errors import HraftdError
+from hraftd.gunicorn_conf import gunicorn_settings
 from hraftd.logs import logging_config
 from hraftd.settings import NodeSettings, host_of
 from hraftd.startup import StartupError, open_store, restore_needed
@@ -42,12 +38,15 @@ _WORKER_BOOT_ERROR = 3  # gunicorn's arbiter halts, exit status 3, when a worker
 _PR_SET_PDEATHSIG = 1
 
 
-def create_app() -> Flask:
-    """Entry point for ``gunicorn 'hraftd.server:create_app()'``; settings come from HRAFTD_* variables."""
+GUNICORN_COMMAND = "gunicorn -c python:hraftd.gunicorn_conf -b HOST:PORT"
+
+
+def create_app() -> NodeApp:
+    """The app gunicorn loads (``hraftd.gunicorn_conf``); settings come from HRAFTD_* variables."""
     return start_node(NodeSettings.from_env)
 
 
-def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
+def start_node(load_settings: Callable[[], NodeSettings]) -> NodeApp:
     """Build the node in this gunicorn worker: Raft node, join, HTTP app."""
     _configure_logging()
     worker, arbiter = _gunicorn_context()
@@ -67,13 +66,13 @@ def start_node(load_settings: Callable[[], NodeSettings]) -> Flask:
         sys.exit(_WORKER_BOOT_ERROR)  # in gunicorn's master (--preload) too: it then exits with this status
     if worker is not None:
         _close_on_worker_exit(worker, store)
-        _stop_master_with_worker(worker)
-        _protect_threads(worker, settings)
     log.info("node %s: %s %s, raft %s%s, data %s", settings.node_id, "https" if peer_tls else "http",
              settings.http_adv, settings.raft_addr, " (encrypted)" if settings.raft_secret else "", settings.data_dir)
     if not settings.raft_secret and settings.raft_insecure:
         log.warning("raft traffic on %s is neither encrypted nor authenticated (-raft-insecure)", settings.raft_addr)
-    return web.create_app(store, limits=settings.limits, tokens=tokens, peer_tls=peer_tls)
+    threads = worker.cfg.threads if worker is not None else settings.threads
+    return build_app(store, limits=settings.limits, tokens=tokens, peer_tls=peer_tls, threads=threads,
+                     max_pending=settings.max_pending, io_timeout=settings.io_timeout)
 
 
 def _peer_tls(settings: NodeSettings, worker: Any) -> ssl.SSLContext | None:
@@ -103,28 +102,24 @@ class NodeServer(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        config = {
+        config = gunicorn_settings(self.settings.join_timeout)
+        del config["wsgi_app"]  # the app is load()'s
+        config.update({
             "bind": [self.settings.http_addr],
-            "workers": 1,
-            "worker_class": "gthread",
             "threads": self.settings.threads,
-            # The worker is silent while it joins: give it that long before the master thinks it hung.
-            "timeout": int(self.settings.join_timeout) + 30,
-            "graceful_timeout": 10,
-            "control_socket_disable": True,
-            "limit_request_line": 8190,  # gunicorn's maximum: room for the longest key, percent-encoded
+            "worker_connections": self.settings.max_connections,
             "proc_name": f"hraftd {self.settings.node_id}",
             "logconfig_dict": logging_config(self.settings.node_id, self.settings.log_level,
                                              self.settings.log_json, self.settings.access_log),
             "logger_class": NodeLogger,
             "accesslog": "-" if self.settings.access_log else None,
-        }
+        })
         if self.settings.tls_cert:
             config.update(certfile=str(self.settings.tls_cert), keyfile=str(self.settings.tls_key))
         for name, value in config.items():
             self.cfg.set(name, value)
 
-    def load(self) -> Flask:
+    def load(self) -> NodeApp:
         return start_node(lambda: self.settings)
 
     def run(self) -> None:
@@ -180,24 +175,23 @@ def _gunicorn_context() -> tuple[Any, Any]:
 
 
 def _refuse_unsafe_gunicorn(worker: Any, arbiter: Any) -> None:
-    """A node must be one process, built in gunicorn's worker: refuse every other way of running it."""
-    from gunicorn.workers.gthread import ThreadWorker
-    from gunicorn.workers.sync import SyncWorker
+    """A node must be one process, built in hraftd's gunicorn worker: refuse every other way of running it."""
+    from hraftd.worker import NodeWorker
 
     if worker is None and arbiter is not None:
         raise StartupError("refusing --preload: the Raft node must be built in the worker process, "
-                           "where its threads run. Start gunicorn without --preload")
+                           f"where its threads run. Start gunicorn without --preload: {GUNICORN_COMMAND}")
     if worker is None:
         return
     if worker.cfg.workers != 1:
         if worker.age > 1:  # the first worker refuses; a second status 3 would make gunicorn's halt exit 1
             sys.exit(0)
         raise StartupError(f"refusing {worker.cfg.workers} workers: a node is one Raft member and must be one "
-                           "process (a second worker cannot bind the raft port). Use -w 1 and raise --threads")
-    if not isinstance(worker, (ThreadWorker, SyncWorker)):
-        raise StartupError(f"refusing worker class {type(worker).__name__}: use -k gthread")
-    if not isinstance(worker, ThreadWorker):
-        log.warning("the sync worker answers one request at a time; use -k gthread --threads 16")
+                           "process (a second worker cannot bind the raft port). Leave -w out: "
+                           f"{GUNICORN_COMMAND}")
+    if not isinstance(worker, NodeWorker):
+        raise StartupError(f"refusing gunicorn's worker class {type(worker).__name__}: a node serves HTTP with "
+                           f"its own. Start gunicorn with hraftd's settings and without -k: {GUNICORN_COMMAND}")
 
 
 def _die_with_master() -> None:
@@ -208,25 +202,6 @@ def _die_with_master() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != master:  # the master died before prctl took effect
         os._exit(1)
-
-
-def _stop_master_with_worker(worker: Any) -> None:
-    """A stop signal sent to the worker alone stops the node, as one sent to the master does.
-
-    Otherwise gunicorn would start a new worker at once, undoing the stop. A worker that dies otherwise
-    (kill -9, a crash) is still replaced: the new one reopens the data directory.
-    """
-    master = worker.ppid
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-        previous = signal.getsignal(signum)
-
-        def stop(received: int, frame: Any, previous: Any = previous) -> None:
-            if os.getppid() == master:
-                os.kill(master, signal.SIGTERM)  # when the master sent this, it is stopping already
-            if callable(previous):
-                previous(received, frame)
-
-        signal.signal(signum, stop)
 
 
 def _close_on_worker_exit(worker: Any, store: ReplicatedKV) -> None:
@@ -240,99 +215,8 @@ def _close_on_worker_exit(worker: Any, store: ReplicatedKV) -> None:
     worker.cfg.set("worker_exit", worker_exit)
 
 
-def _protect_threads(worker: Any, settings: NodeSettings) -> None:
-    """Keep slow or numerous clients from taking every request thread of a gthread worker.
-
-    gunicorn reads a request on a blocking socket with no timeout, so a client that sends half a request
-    holds a thread for good. Each client socket gets a kernel timeout for every read and write, a request
-    still running after a deadline has its socket shut down, a connection being closed is not lingered on,
-    and requests that would wait for a thread beyond ``max_pending`` are answered 503 at once.
-    """
-    from gunicorn.workers.gthread import ThreadWorker
-
-    if not isinstance(worker, ThreadWorker):
-        return
-    seconds = int(settings.io_timeout)
-    timeval = struct.pack("ll", seconds, int((settings.io_timeout - seconds) * 1e6))
-    deadline = max(60.0, 4 * settings.timeout)  # longer than any request that is making progress
-    lock = threading.Lock()
-    waiting = 0
-    running: dict[Any, float] = {}
-    enqueue_req, handle = worker.enqueue_req, worker.handle
-
-    def guarded_enqueue_req(conn: Any) -> None:
-        nonlocal waiting
-        if not getattr(conn, "hraftd_timeouts_set", False):  # once per connection: this runs on the main loop
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            conn.hraftd_timeouts_set = True
-        with lock:
-            refuse = waiting >= settings.max_pending
-            waiting += 0 if refuse else 1
-        if refuse:
-            _answer_busy(worker, conn)
-        else:
-            enqueue_req(conn)
-
-    def guarded_handle(conn: Any) -> Any:
-        nonlocal waiting
-        with lock:
-            waiting -= 1
-            running[conn] = time.monotonic()
-        try:
-            keep_alive = handle(conn)
-        finally:
-            with lock:
-                running.pop(conn, None)
-        if not keep_alive:
-            # gunicorn's main loop then waits up to 2 s per connection for the client to close its side:
-            # a client that never does would stall the loop, so stop reading first.
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RD)
-        return keep_alive
-
-    def cut_overdue_requests() -> None:
-        while True:
-            time.sleep(1.0)
-            with lock:
-                overdue = [conn for conn, started in running.items() if time.monotonic() - started > deadline]
-            for conn in overdue:
-                with contextlib.suppress(OSError):
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-
-    worker.enqueue_req, worker.handle = guarded_enqueue_req, guarded_handle
-    threading.Thread(target=cut_overdue_requests, name="hraftd-request-deadline", daemon=True).start()
-
-
-_BUSY_BODY = b'{"error": "the node is busy: too many requests are waiting; retry", "code": "busy"}'
-_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                  b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
-
-
-def _answer_busy(worker: Any, conn: Any) -> None:
-    try:
-        conn.sock.setblocking(True)
-        conn.sock.sendall(_BUSY_RESPONSE)
-    except OSError:
-        pass
-    worker.nr_conns -= 1
-    conn.close()
-
-
-class _SlowClientFilter(logging.Filter):
-    """gunicorn logs a traceback at ERROR when a client socket times out (-io-timeout): say it in one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], BlockingIOError):
-            record.msg, record.args, record.exc_info, record.exc_text = (
-                "closed a connection whose client was too slow (-io-timeout)", (), None, None)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
 def _configure_logging() -> None:
     """Under gunicorn directly (no logconfig of ours), at least log our lines somewhere."""
-    logging.getLogger("gunicorn.error").addFilter(_SlowClientFilter())
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     logging.getLogger("hraftd").setLevel(logging.INFO)

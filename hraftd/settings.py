@@ -158,7 +158,8 @@ class NodeSettings:
     fsync: bool = True
     threads: int = 16
     max_pending: int = 64  # requests waiting for a thread; more get 503 at once
-    io_timeout: float = 10.0  # one read or write on a client socket
+    io_timeout: float = 10.0  # to send a request's head, then its body, or to read an answer
+    max_connections: int = 10000  # open HTTP connections (gunicorn's worker_connections)
     limits: Limits = field(default_factory=Limits)
     raft_secret: str | None = field(default=None, repr=False)
     raft_insecure: bool = False
@@ -185,8 +186,8 @@ class NodeSettings:
             )
         if min(self.timeout, self.join_timeout, self.io_timeout) <= 0:
             raise ValueError("timeouts must be positive")
-        if self.threads < 1 or self.max_pending < 1:
-            raise ValueError("threads and max pending requests must be at least 1")
+        if self.threads < 1 or self.max_pending < 1 or self.max_connections < 1:
+            raise ValueError("threads, max pending requests and max connections must be at least 1")
         if self.restore is not None and self.join is not None:
             raise ValueError("-restore starts a new cluster from a backup; it cannot be combined with -join")
         if self.log_level not in LOG_LEVELS:

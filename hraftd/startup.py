@@ -104,7 +104,7 @@ def _cluster_to_join(join: str, deadline: float, settings: NodeSettings, peer_tl
                         f"reach the node at {join}", join, peer_tls)
         return settings.raft_secret, {member["raft_addr"] for member in status["members"]}, status["cluster_id"]
     answer = _retry(lambda timeout: _client(join, settings, peer_tls, timeout).join_secret(), deadline,
-                    f"reach the node at {join} and get the cluster secret", join, peer_tls)
+                    f"reach the node at {join}", join, peer_tls)
     if answer["secret"] is None:
         raise StartupError(f"the cluster at {join} runs Raft without a secret: start this node with -raft-insecure "
                            "to join it")
@@ -240,7 +240,8 @@ def _lasting_failure(cause: Any, addr: str, tls: ssl.SSLContext | None) -> str |
     if tls is None and isinstance(cause, (ConnectionResetError, http.client.BadStatusLine)) and _speaks_tls(addr):
         return (f"{addr} serves HTTPS, and this node talks plain HTTP: give it -tls-cert and -tls-key (and "
                 "-tls-ca) like the other members")
-    if isinstance(cause, TimeoutError) and _hangs_up_on_anything_but_its_protocol(addr):
+    if isinstance(cause, (TimeoutError, http.client.RemoteDisconnected)) and \
+            _hangs_up_on_anything_but_its_protocol(addr):
         return (f"{addr} does not answer HTTP: is it a Raft port? -join wants the HTTP address of a member "
                 "(its -haddr)")
     return None

@@ -1,67 +1,48 @@
-"""The HTTP API: a Flask app factory with thin handlers over the store.
+"""The HTTP API apart from the hot requests: a Flask app factory with thin handlers over the store.
 
-Handlers parse and validate, call the store, and leave every error to the handlers registered once in
-``create_app``. The app needs only the small ``Store`` interface below, so it is read and tested apart.
-The plain form of the two hot requests, ``GET /key/<key>`` and ``POST /key``, is answered in front of Flask
-by ``hraftd.fastpath`` with the same rules (``hraftd.protocol``); everything else reaches these handlers.
+Membership, status, health, metrics and backup are answered here, on a thread of the app's pool
+(``hraftd.app``); ``/key`` requests never reach Flask (``hraftd.keys``). Handlers parse and validate, call the
+store, and leave every error to the handlers registered once in ``create_app``; who may call what and which
+query parameters are taken are ``hraftd.protocol``'s rules, shared with the hot requests. The app needs only
+the small ``Store`` interface below, so it is read and tested apart.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import socket
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
-from werkzeug.routing import BaseConverter
+from werkzeug.exceptions import HTTPException
 
 from hraftd import peercred
-from hraftd.auth import TokenFile, allows
+from hraftd.auth import TokenFile
 from hraftd.errors import HraftdError, NotLeaderError, OutcomeUnknownError, UnavailableError, WrongSecretError
-from hraftd.fastpath import KeyFastPath
 from hraftd.metrics import NodeMetrics
 from hraftd.protocol import (
-    READ_LEVELS,
     BadRequest,
-    check_write,
+    authorize,
+    check_parameters,
     error_document,
     internal_error_message,
     parse_json_object,
-    path_key,
     status_of,
 )
-from hraftd.settings import Limits, normalize_addr
+from hraftd.settings import normalize_addr
 from hraftd.ui import ui
 
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
-_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 _MAX_FORWARDS = 3
-# The role each endpoint needs when tokens are configured; endpoints not named here need none.
-_ROLE_OF_ENDPOINT = {
-    "api.get_key": "read",
-    "api.status": "read",
-    "api.metrics": "read",
-    "api.backup": "read",
-    "api.set_keys": "write",
-    "api.delete_key": "write",
-    "api.join": "admin",
-    "api.join_secret": "admin",
-    "api.remove": "admin",
-    "ui.cluster": "read",
-}
+ROUTE_KEY = "hraftd.route"  # where the app tells its caller (hraftd.app) which route answered
+ENDPOINT_KEY = "hraftd.endpoint"
 # Without tokens, these need the node's operator: a process of the user running it (or root), on its machine.
-_OPERATOR_ONLY = frozenset({"api.join_secret", "api.remove"})
-# The query parameters each endpoint accepts; any other is refused rather than silently ignored.
-_PARAMETERS_OF_ENDPOINT = {"api.get_key": {"level"}}
+_OPERATOR_ONLY = frozenset({"join_secret", "remove"})
 
 
 class Store(Protocol):
@@ -74,10 +55,6 @@ class Store(Protocol):
     secret: str | None
     cluster_id: str
 
-    def sync_reads(self, level: str) -> None: ...
-    def read(self, key: str, *, level: str) -> Any: ...
-    def update(self, items: dict[str, Any]) -> int: ...
-    def delete(self, key: str) -> bool: ...
     def add_member(self, node_id: str, raft_addr: str, http_addr: str | None, proof: str | None,
                    force: bool) -> bool: ...
     def remove_member(self, node_id: str) -> None: ...
@@ -88,89 +65,38 @@ class Store(Protocol):
     def consistent_copy(self) -> tuple[int, int, dict[str, Any]]: ...
 
 
-class KeyConverter(BaseConverter):
-    """Any non-empty rest of the path, slashes included, also a leading one (werkzeug's path converter refuses)."""
-
-    regex = ".+"
-    part_isolating = False
-
-
 api = Blueprint("api", __name__)
 
 
 def create_app(
     store: Store,
     *,
-    limits: Limits | None = None,
+    metrics: NodeMetrics,
     tokens: TokenFile | None = None,
     peer_tls: ssl.SSLContext | None = None,
     operator: Callable[[str, int], bool] = peercred.is_operator,
 ) -> Flask:
-    """The API of one node. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak HTTPS.
-    ``operator``: whether a client at (ip, port) is this node's operator, who may change membership without
-    tokens."""
-    limits = limits or Limits()
+    """The API of one node but ``/key``. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak
+    HTTPS. ``operator``: whether a client at (ip, port) is this node's operator, who may change membership
+    without tokens. The body of a request must be in ``wsgi.input`` whole (the node's HTTP server reads it)."""
     app = Flask("hraftd", static_folder=None)  # an API only: no static files for anyone
-    app.url_map.merge_slashes = False  # a key may start with or contain "//": never redirect it elsewhere
-    app.url_map.converters["key"] = KeyConverter
-    metrics = NodeMetrics(store)
-    app.config.update(STORE=store, LIMITS=limits, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics, OPERATOR=operator,
-                      MAX_CONTENT_LENGTH=limits.max_body_bytes)
+    app.url_map.merge_slashes = False  # never redirect a path elsewhere
+    app.config.update(STORE=store, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics, OPERATOR=operator)
     app.json.sort_keys = False
     app.register_blueprint(api)
     app.register_blueprint(ui)
-    app.before_request(_start_clock)
     app.before_request(_authorize)
     app.before_request(_refuse_unknown_parameters)
     app.register_error_handler(BadRequest, lambda error: _error(error.status, error.code, str(error)))
     app.register_error_handler(HraftdError, _store_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    app.after_request(_add_node_headers)
-    app.after_request(_count_request)
-    app.wsgi_app = KeyFastPath(app.wsgi_app, store, limits, metrics, tokens)  # type: ignore[method-assign]
+    app.after_request(_name_route)
     return app
 
 
 def _store() -> Store:
     return current_app.config["STORE"]
-
-
-def _limits() -> Limits:
-    return current_app.config["LIMITS"]
-
-
-@api.post("/key")
-def set_keys() -> Response:
-    items = _json_object()
-    check_write(items, _limits())
-    return jsonify(revision=_store().update(items))
-
-
-@api.get("/key/<key:key>")
-def get_key(key: str) -> Response:
-    key = path_key(request.environ["PATH_INFO"], _limits())
-    level = request.args.get("level", "linearizable")
-    if level not in READ_LEVELS:
-        raise BadRequest(f"unknown read level {level!r}: use linearizable or stale", "bad_level")
-    store = _store()
-    store.sync_reads(level)
-    index = store.applied_index  # read before the value, so the value reflects at least this index
-    try:
-        value = store.read(key, level="stale")
-    except KeyError:
-        response = _error(404, "key_not_found", f"key {key!r} does not exist")
-    else:
-        response = jsonify({key: value})
-    response.headers["X-Raft-Index"] = str(index)
-    return response
-
-
-@api.delete("/key/<key:key>")
-def delete_key(key: str) -> Response:
-    key = path_key(request.environ["PATH_INFO"], _limits())
-    store = _store()
-    return jsonify(deleted=store.delete(key), revision=store.revision)
 
 
 @api.post("/join")
@@ -267,16 +193,16 @@ BACKUP_FORMAT = "hraftd-backup"
 # ----- request bookkeeping -----
 
 
-def _start_clock() -> None:
-    g.started = time.perf_counter()
+def _endpoint() -> str | None:
+    """The endpoint the request matched, by the names of ``hraftd.protocol``'s rules; None if none."""
+    return request.endpoint.removeprefix("api.") if request.url_rule is not None and request.endpoint else None
 
 
-def _count_request(response: Response) -> Response:
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    seconds = time.perf_counter() - g.get("started", time.perf_counter())
-    # A label set per made-up method would grow the metrics without bound.
-    method = request.method if request.method in _HTTP_METHODS else "OTHER"
-    current_app.config["METRICS"].observe(route, method, response.status_code, seconds)
+def _name_route(response: Response) -> Response:
+    """Tell the caller the route that answered, for the request metrics."""
+    if request.url_rule is not None:
+        request.environ[ROUTE_KEY] = request.url_rule.rule
+        request.environ[ENDPOINT_KEY] = _endpoint()
     return response
 
 
@@ -289,21 +215,8 @@ def _json_object() -> dict[str, Any]:
 
 
 def _body() -> bytes:
-    """The raw body, whole, or a 4xx: too large, cut short, or not decodable as HTTP chunks."""
-    try:
-        raw = request.get_data(cache=False)
-    except HTTPException:
-        raise
-    except Exception as error:  # gunicorn's chunk parser: InvalidChunkSize, ChunkMissingTerminator, ...
-        _stop_reading_request()
-        raise BadRequest(f"the body could not be read: {type(error).__name__}", "bad_request") from None
-    if len(raw) >= _limits().max_body_bytes:  # a chunked body (no Content-Length) is cut at the limit
-        raise RequestEntityTooLarge()
-    if request.content_length is not None and len(raw) != request.content_length:
-        # The client closed its side before sending all it announced: half a request is not applied.
-        _stop_reading_request()
-        raise BadRequest(f"the body has {len(raw)} of the {request.content_length} bytes announced", "bad_request")
-    return raw
+    """The raw body: whole, and within -max-body (the node's HTTP server sees to both)."""
+    return request.get_data(cache=False)
 
 
 def _string_field(body: dict[str, Any], name: str) -> str:
@@ -321,30 +234,17 @@ def _address_field(body: dict[str, Any], name: str) -> str:
 
 
 def _refuse_unknown_parameters() -> None:
-    if request.url_rule is None:  # no such path: the 404 says more than a complaint about parameters
-        return
-    allowed = _PARAMETERS_OF_ENDPOINT.get(request.endpoint or "", set())
-    unknown = sorted(set(request.args) - allowed)
-    if unknown:
-        raise BadRequest(f"unknown query parameter {unknown[0][:100]!r}", "unknown_parameter")
-
-
-# ----- authentication -----
+    endpoint = _endpoint()
+    if endpoint is not None:  # no such path: the 404 says more than a complaint about parameters
+        check_parameters(endpoint, request.args)
 
 
 def _authorize() -> None:
-    tokens: TokenFile | None = current_app.config["TOKENS"]
-    needed = _ROLE_OF_ENDPOINT.get(request.endpoint or "", "read" if request.url_rule is None else None)
-    if tokens is None and request.endpoint in _OPERATOR_ONLY and _store().secret and not _from_operator():
+    tokens = current_app.config["TOKENS"]
+    if tokens is None and _endpoint() in _OPERATOR_ONLY and _store().secret and not _from_operator():
         raise BadRequest("without tokens, only the user running this node (or root), on its machine, may do this: "
                          "run it as that user, or give the nodes tokens (-auth-file)", "forbidden", 403)
-    if tokens is None or needed is None:
-        return
-    role = tokens.role_of_authorization(request.headers.get("Authorization", ""))
-    if role is None:
-        raise BadRequest("a valid bearer token is required (Authorization: Bearer TOKEN)", "unauthorized", 401)
-    if not allows(role, needed):
-        raise BadRequest(f"this token's role is {role!r}; this request needs {needed!r}", "forbidden", 403)
+    authorize(tokens, _endpoint(), request.headers.get("Authorization", ""))
 
 
 def _from_operator() -> bool:
@@ -403,8 +303,6 @@ def _store_error(error: HraftdError) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
-    if isinstance(error, (ClientDisconnected, RequestEntityTooLarge)):
-        _stop_reading_request()
     code = (error.name or "http_error").lower().replace(" ", "_")
     response = _error(error.code or 500, code, error.description or error.name)
     if error.code == 405 and error.valid_methods:
@@ -412,23 +310,5 @@ def _http_error(error: HTTPException) -> Response:
     return response
 
 
-def _stop_reading_request() -> None:
-    """The body was cut off or is too large: answer, then take no more from this client on this connection.
-
-    Otherwise gunicorn would wait for the rest of the body (seconds, on a thread) before its next request.
-    """
-    client = request.environ.get("gunicorn.socket")
-    if client is not None:
-        with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RD)
-
-
 def _unexpected_error(error: Exception) -> Response:
     return _error(500, "internal", internal_error_message(request.method, request.path))
-
-
-def _add_node_headers(response: Response) -> Response:
-    store = _store()
-    response.headers["X-Hraftd-Node"] = store.node_id
-    response.headers.setdefault("X-Raft-Index", str(store.applied_index))
-    return response

@@ -76,12 +76,15 @@ class Node:
             args += ["-join", join.http_addr]
         return self.run([*args, str(self.data_dir)])
 
-    def start_with_gunicorn(self, *gunicorn_args: str) -> Node:
-        """The operator's way: gunicorn loads the node's app factory, settings from the environment."""
+    def start_with_gunicorn(self, *gunicorn_args: str, config: bool = True) -> Node:
+        """The operator's way: gunicorn with hraftd's settings module, the node's settings from the environment.
+        ``config=False``: without the module, naming the app instead (which the node refuses)."""
         env = {**os.environ, "HRAFTD_DATA_DIR": str(self.data_dir), "HRAFTD_HTTP_ADDR": self.http_addr,
                "HRAFTD_RAFT_ADDR": self.raft_addr, "HRAFTD_ID": self.name}
-        args = [sys.executable, "-m", "gunicorn", "-b", self.http_addr, "--no-control-socket", *gunicorn_args,
-                "hraftd.server:create_app()"]
+        setup = ["-c", "python:hraftd.gunicorn_conf"] if config else ["--no-control-socket"]
+        args = [sys.executable, "-m", "gunicorn", *setup, "-b", self.http_addr, *gunicorn_args]
+        if not config:
+            args.append("hraftd.server:create_app()")
         return self.run(args, env)
 
     def run(self, args: list[str], env: dict[str, str] | None = None) -> Node:

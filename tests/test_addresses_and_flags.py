@@ -125,13 +125,13 @@ def test_every_variable_names_itself_in_its_error(name, value, reason):
 
 def test_variables_with_good_values(tmp_path):
     secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
+    secret.write_text("s3cret-of-sixteen-chars\n")
     settings = NodeSettings.from_env({
         "HRAFTD_DATA_DIR": "/d", "HRAFTD_HTTP_ADDR": "node1.example:11000", "HRAFTD_RAFT_ADDR": "127.0.0.1:12000",
         "HRAFTD_NO_FSYNC": "off", "HRAFTD_RAFT_INSECURE": "yes", "HRAFTD_RAFT_SECRET_FILE": str(secret),
         "HRAFTD_LOG_LEVEL": "WARNING", "HRAFTD_IO_TIMEOUT": "2.5", "HRAFTD_MAX_PENDING": "8"})
     assert settings.http_adv == "node1.example:11000"  # advertised; gunicorn's -b says where it listens
-    assert (settings.fsync, settings.raft_insecure, settings.raft_secret) == (True, True, "s3cret")
+    assert (settings.fsync, settings.raft_insecure, settings.raft_secret) == (True, True, "s3cret-of-sixteen-chars")
     assert (settings.log_level, settings.io_timeout, settings.max_pending) == ("warning", 2.5, 8)
     assert not is_unspecified(settings.http_adv)
 

@@ -2,9 +2,10 @@
 4xx is a JSON error whose code docs/openapi.yaml documents, a refused request changes nothing, and the data that
 was there before is still there after.
 
-Part (a) drives the Flask app in-process, over a real one-node ReplicatedKV; part (b) sends requests, over real
-HTTP and raw sockets, to a real node process. Hypothesis is derandomized and bounded, so every run tries the same
-examples. Keys the fuzzer could ever write never contain MARK; the protected keys all start with it.
+Part (a) drives the node's app in-process (without sockets, as the HTTP server hands it requests), over a real
+one-node ReplicatedKV; part (b) sends requests, over real HTTP and raw sockets, to a real node process.
+Hypothesis is derandomized and bounded, so every run tries the same examples. Keys the fuzzer could ever write
+never contain MARK; the protected keys all start with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from flask import request
+from appclient import AppClient
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from nodes import Cluster
@@ -27,18 +28,15 @@ from openapi_schema_validator import OAS31Validator
 from test_openapi import SPEC, FakeStore, documented_codes, operations, spec_path
 
 from hraftd import protocol
+from hraftd.app import build_app
 from hraftd.auth import TokenFile, allows
 from hraftd.errors import NotLeaderError
 from hraftd.settings import normalize_addr
 from hraftd.store import ReplicatedKV
-from hraftd.web import _ROLE_OF_ENDPOINT, create_app
 
 FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large, HealthCheck.filter_too_much])
-RULE_HEADER = "X-Test-Rule"  # the route the app matched, recorded by the test app (empty: none)
-ENDPOINT_HEADER = "X-Test-Endpoint"
-FAST_PATH_ROUTES = {"GET": ("/key/<key:key>", "api.get_key"), "POST": ("/key", "api.set_keys")}
 
 MARK = "\u2603"  # the protected keys start with it; the fuzzer never generates it
 PROTECTED = {
@@ -48,7 +46,7 @@ PROTECTED = {
     MARK + "%2F?#": -0.5,
     MARK: [],
 }
-TOKENS = {"read": "r-0c6f2b9e51d4", "write": "w-8a1d3e7f02b6", "admin": "a-5e9b4c1d7a30"}
+TOKENS = {"read": "r-0c6f2b9e51d4a7c3", "write": "w-8a1d3e7f02b6e5f1", "admin": "a-5e9b4c1d7a30b2d8"}
 
 
 # ----- strategies -----
@@ -246,7 +244,8 @@ def harmless(req: dict[str, Any]) -> bool:
 def _validator(path: str | None, method: str, status: int) -> OAS31Validator | None:
     """A validator of the documented JSON body of this answer; None if the spec documents no JSON body for it."""
     if path is None:
-        name = {400: "BadHost", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed"}.get(status)
+        name = {400: "BadHost", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 408: "RequestTimeout",
+                413: "PayloadTooLarge", 414: "UriTooLong", 431: "HeadersTooLarge", 503: "Busy"}.get(status)
         response = SPEC["components"]["responses"].get(name or "")
     else:
         operation = operations().get((path, method))
@@ -268,10 +267,7 @@ def check_app_answer(response: Any, method: str, node_id: str, allowed_5xx: tupl
     assert response.headers.get("X-Raft-Index", "").isdigit()
     if method in ("HEAD", "OPTIONS"):
         return
-    rule = response.headers.get(RULE_HEADER)
-    # Flask's own /static/<path:filename> route (there is no static folder, so it answers 404 not_found) is no
-    # route of the API: take it as a path that has none. See test_the_static_route_needs_a_token_like_any_other_path.
-    path = spec_path(rule) if rule and response.headers.get(ENDPOINT_HEADER) != "static" else None
+    path = spec_path(response.route) if response.route != "unmatched" else None
     if status >= 400:
         body = json.loads(data)
         assert isinstance(body, dict) and set(body) == {"error", "code"}, data[:500]
@@ -290,9 +286,6 @@ def check_http_answer(response: requests.Response, method: str) -> None:
     status, data = response.status_code, response.content
     assert status < 500, f"{method}: {status} {data[:1000]!r}"
     assert b"Traceback" not in data
-    if "X-Hraftd-Node" not in response.headers:  # gunicorn's own answer to a malformed request, see check_raw_answer
-        assert 400 <= status < 500 and response.headers.get("Content-Type") == "text/html", (status, data[:300])
-        return
     assert response.headers["X-Hraftd-Node"] == "node0"
     if status >= 400 and method != "HEAD":
         body = response.json()
@@ -320,34 +313,15 @@ def codes_for_status(status: int) -> set[str]:
 # ----- part (a): the app in-process, over a real one-node ReplicatedKV -----
 
 
-def recording_app(store: Any, **options: Any) -> Any:
-    """The node's app, plus a header naming the route that answered (so the spec's codes for it can be checked)."""
-    app = create_app(store, operator=lambda ip, port: True, **options)  # as if sent by the node's own user
-
-    @app.after_request
-    def record_route(response: Any) -> Any:
-        response.headers[RULE_HEADER] = request.url_rule.rule if request.url_rule else ""
-        response.headers[ENDPOINT_HEADER] = request.endpoint or ""
-        return response
-
-    fast_path = app.wsgi_app  # answers GET /key/<key> and POST /key itself, without Flask and its hooks
-
-    def record_fast_path_route(environ: dict[str, Any], start_response: Any) -> Any:
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if not any(name == RULE_HEADER for name, _ in headers):
-                rule, endpoint = FAST_PATH_ROUTES[environ["REQUEST_METHOD"]]
-                headers = [*headers, (RULE_HEADER, rule), (ENDPOINT_HEADER, endpoint)]
-            return start_response(status, headers, exc_info)
-
-        return fast_path(environ, start)
-
-    app.wsgi_app = record_fast_path_route
-    return app
+def recording_app(store: Any, **options: Any) -> AppClient:
+    """The node's app, driven in-process; each answer names the route that answered (for the spec's codes).
+    Requests come as if from the node's own user, who may change membership without tokens."""
+    return AppClient(build_app(store, operator=lambda ip, port: True, **options))
 
 
 @pytest.fixture(scope="module")
 def client(kv: ReplicatedKV) -> Any:
-    client = recording_app(kv).test_client()
+    client = recording_app(kv)
     assert client.post("/key", data=json.dumps(PROTECTED)).status_code == 200
     return client
 
@@ -356,7 +330,7 @@ def client(kv: ReplicatedKV) -> Any:
 def token_client(kv: ReplicatedKV, tmp_path_factory, client: Any) -> Any:
     path = tmp_path_factory.mktemp("tokens") / "tokens"
     path.write_text("".join(f"{role} {token}\n" for role, token in TOKENS.items()))
-    return recording_app(kv, tokens=TokenFile(path)).test_client()
+    return recording_app(kv, tokens=TokenFile(path))
 
 
 def key_url(key: str, query: str = "") -> str:
@@ -384,7 +358,7 @@ def test_any_request_gets_a_documented_answer_and_refusals_change_nothing(client
     response = send(client, req)
     check_app_answer(response, req["method"], kv.node_id)
     event(outcome(response.status_code, response.get_data()))
-    if response.status_code >= 400 or response.headers[ENDPOINT_HEADER] not in ("api.set_keys", "api.delete_key"):
+    if response.status_code >= 400 or response.endpoint not in ("set_keys", "delete_key"):
         assert kv.revision == revision, "a refused request or a read changed the data"
 
 
@@ -404,7 +378,7 @@ def test_every_operation_answers_as_documented(client, kv):
         response = client.open(path, method=method, json=body)
         assert response.status_code == status, (method, path, response.get_data()[:300])
         check_app_answer(response, method, kv.node_id)
-        rule = spec_path(response.headers[RULE_HEADER])
+        rule = spec_path(response.route)
         if status == 200 and path != "/metrics":
             assert _validator(rule, method, 200) is not None, f"{method} {rule}: no documented JSON body"
     assert client.get("/backup").get_json()["data"][MARK + "big"] == 10**100
@@ -478,9 +452,7 @@ def test_tokens_are_required_and_roles_enforced(token_client, kv, req, authoriza
     response = send(token_client, {**req, "headers": headers})
     check_app_answer(response, req["method"], kv.node_id)
     event(outcome(response.status_code, response.get_data()))
-    endpoint, rule = response.headers[ENDPOINT_HEADER], response.headers[RULE_HEADER]
-    assume(endpoint != "static")  # a known bug: see test_the_static_route_needs_a_token_like_any_other_path
-    needed = _ROLE_OF_ENDPOINT.get(endpoint, None if rule else "read")
+    needed = protocol.required_role(response.endpoint)
     match = re.fullmatch(r"(?i:bearer) +(\S+) *", authorization or "")
     role = next((r for r, token in TOKENS.items() if match and match.group(1) == token), None)
     if needed is None:
@@ -525,8 +497,8 @@ class NotLeaderStore(FakeStore):
 @pytest.mark.parametrize("method, path, body", [("POST", "/join", {"id": "n1", "addr": "127.0.0.1:1"}),
                                                 ("DELETE", "/remove", {"id": "n1"})])
 def test_a_follower_answers_membership_requests_whatever_the_forwarding_header(method, path, body, hops):
-    response = recording_app(NotLeaderStore()).test_client().open(
-        path, method=method, json=body, headers={"X-Hraftd-Forwarded": hops})
+    response = recording_app(NotLeaderStore()).open(path, method=method, json=body,
+                                                    headers={"X-Hraftd-Forwarded": hops})
     check_app_answer(response, method, "fake", allowed_5xx=(503,))
     assert response.status_code == 503 and response.get_json()["code"] == "unavailable"
 
@@ -546,7 +518,7 @@ def test_a_duplicate_key_is_found_in_linear_time(monkeypatch):
     monkeypatch.setitem(protocol._object_without_duplicates.__globals__, "dict", CountingDict)
     keys = 2000
     body = "{" + ",".join(f'"k{i}":0' for i in range(keys)) + ',"k0":0}'
-    response = recording_app(FakeStore()).test_client().post("/key", data=body)
+    response = recording_app(FakeStore()).post("/key", data=body)
     assert response.status_code == 400 and response.get_json()["code"] == "bad_json"
     assert built >= keys, f"only {built} entries counted: the patch missed the dicts the check builds"
     assert built <= 4 * keys, f"{built:,} dict entries built to find the duplicate among {keys:,} keys"
@@ -632,15 +604,13 @@ def parse_answer(answer: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def check_raw_answer(answer: bytes, allow_no_answer: bool = False) -> tuple[int, str]:
-    """The first answer on a raw connection: the app's JSON below 500, or one of gunicorn's own HTML 4xx.
+    """The first answer on a raw connection: JSON below 500 with the node's headers, whoever answered.
 
-    gunicorn answers requests that are malformed at the HTTP level itself, before the app sees them, with
-    ``Connection: close``, ``Content-Type: text/html``, no X-Hraftd-Node, and an HTML page that names the fault,
-    e.g. ``HTTP/1.1 400 Bad Request`` + ``<h1><p>Bad Request</p></h1> Invalid HTTP request line: 'GET /\\xff..'``
-    (also: Invalid HTTP method, Invalid HTTP Version, Invalid HTTP Header: 'CONTENT-LENGTH' for a negative,
-    non-numeric or repeated length, bare LF as line terminator, Obsolete line folding is unacceptable),
-    ``HTTP/1.1 414 URI Too Long`` (request line over 4094 bytes), ``HTTP/1.1 431 Request Header Fields Too Large``.
-    Returns (status, "app" or "gunicorn"); (0, "none") when the server closed without answering.
+    The node's HTTP server answers requests that are malformed at the HTTP level itself, before any route,
+    with ``Connection: close`` (e.g. ``400`` for an invalid request line, method, version, header,
+    ``Content-Length`` or ``Transfer-Encoding``, a bare LF or obsolete line folding; ``414`` for a request
+    target over 8190 bytes; ``431`` for headers too large; ``413`` for a body too large).
+    Returns (status, "server" for those, "app" otherwise); (0, "none") when the server closed without answering.
     """
     if not answer:
         assert allow_no_answer, "the server closed the connection without an answer"
@@ -652,14 +622,11 @@ def check_raw_answer(answer: bytes, allow_no_answer: bool = False) -> tuple[int,
     status, headers, body = parse_answer(answer)
     if status == 100:  # Expect: 100-continue, then the real answer
         status, headers, body = parse_answer(answer.partition(b"\r\n\r\n")[2])
-    if "x-hraftd-node" in headers:
-        assert headers["content-type"].startswith("application/json") or status == 200, answer[:500]
-        if status >= 400:
-            assert set(json.loads(body)) == {"error", "code"}, body[:300]
-        return status, "app"
-    assert 400 <= status < 500 and headers.get("content-type") == "text/html", answer[:500]
-    assert headers.get("connection") == "close"
-    return status, "gunicorn"
+    assert headers.get("x-hraftd-node") == "node0" and headers.get("x-raft-index", "").isdigit(), answer[:500]
+    assert headers["content-type"].startswith("application/json") or status == 200, answer[:500]
+    if status >= 400:
+        assert set(json.loads(body)) == {"error", "code"}, body[:300]
+    return status, "server" if headers.get("connection") == "close" else "app"
 
 
 POST = b"POST /key HTTP/1.1\r\nHost: x\r\n"
@@ -667,34 +634,34 @@ CHUNKED = b"Transfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize("data, kind, status", [
-    pytest.param(b"GET /key/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", "gunicorn", 400, id="invalid-utf8-request-line"),
-    pytest.param(b"GET /st\xc3\x28atus HTTP/1.1\r\nHost: x\r\n\r\n", "gunicorn", 400, id="invalid-utf8-in-path"),
-    pytest.param(b"\x00\x01\x02 garbage\r\n\r\n", "gunicorn", 400, id="binary-garbage"),
-    pytest.param(b"GET /status\r\n\r\n", "gunicorn", 400, id="http-0.9"),
-    pytest.param(b"GET /status HTTP/9.9\r\nHost: x\r\n\r\n", "gunicorn", 400, id="bad-version"),
-    pytest.param(b"get /status HTTP/1.1\r\nHost: x\r\n\r\n", "gunicorn", 400, id="lowercase-method"),
-    pytest.param(b"GET /status HTTP/1.1\nHost: x\n\n", "gunicorn", 400, id="bare-lf"),
-    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "gunicorn", 400, id="obs-fold"),
-    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "gunicorn", 400, id="nul-in-header"),
-    pytest.param(b"GET /key/a\x07b HTTP/1.1\r\nHost: x\r\n\r\n", "gunicorn", 400, id="control-char-in-path"),
-    pytest.param(b"GET /key/" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "gunicorn", 414, id="huge-line"),
-    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000 + b"\r\n\r\n", "gunicorn", 431,
+    pytest.param(b"GET /key/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", "server", 400, id="invalid-utf8-request-line"),
+    pytest.param(b"GET /st\xc3\x28atus HTTP/1.1\r\nHost: x\r\n\r\n", "server", 400, id="invalid-utf8-in-path"),
+    pytest.param(b"\x00\x01\x02 garbage\r\n\r\n", "server", 400, id="binary-garbage"),
+    pytest.param(b"GET /status\r\n\r\n", "server", 400, id="http-0.9"),
+    pytest.param(b"GET /status HTTP/9.9\r\nHost: x\r\n\r\n", "server", 400, id="bad-version"),
+    pytest.param(b"get /status HTTP/1.1\r\nHost: x\r\n\r\n", "server", 400, id="lowercase-method"),
+    pytest.param(b"GET /status HTTP/1.1\nHost: x\n\n", "server", 400, id="bare-lf"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n", "server", 400, id="obs-fold"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", "server", 400, id="nul-in-header"),
+    pytest.param(b"GET /key/a\x07b HTTP/1.1\r\nHost: x\r\n\r\n", "server", 400, id="control-char-in-path"),
+    pytest.param(b"GET /key/" + b"a" * 10000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", "server", 414, id="huge-line"),
+    pytest.param(b"GET /status HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000 + b"\r\n\r\n", "server", 431,
                  id="huge-header"),
-    pytest.param(POST + b"Content-Length: 99999999999999999999999\r\n\r\n{}", "app", 413, id="absurd-length"),
-    pytest.param(POST + b"Content-Length: 2000000\r\n\r\n{}", "app", 413, id="length-over-the-limit"),
-    pytest.param(POST + b"Content-Length: -5\r\n\r\n{}", "gunicorn", 400, id="negative-length"),
-    pytest.param(POST + b"Content-Length: abc\r\n\r\n{}", "gunicorn", 400, id="non-numeric-length"),
-    pytest.param(POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "gunicorn", 400, id="two-lengths"),
-    pytest.param(POST + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "gunicorn",
+    pytest.param(POST + b"Content-Length: 99999999999999999999999\r\n\r\n{}", "server", 413, id="absurd-length"),
+    pytest.param(POST + b"Content-Length: 2000000\r\n\r\n{}", "server", 413, id="length-over-the-limit"),
+    pytest.param(POST + b"Content-Length: -5\r\n\r\n{}", "server", 400, id="negative-length"),
+    pytest.param(POST + b"Content-Length: abc\r\n\r\n{}", "server", 400, id="non-numeric-length"),
+    pytest.param(POST + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", "server", 400, id="two-lengths"),
+    pytest.param(POST + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n", "server",
                  400, id="chunked-and-length"),
-    pytest.param(POST + b"Transfer-Encoding: identity\r\n\r\n{}", "gunicorn", 400, id="identity-coding"),
-    pytest.param(POST + CHUNKED + b"10\r\n{}", "app", 400, id="chunked-cut-off"),
-    pytest.param(POST + CHUNKED + b"ffffffffffffffffffffffff\r\n{}\r\n0\r\n\r\n", "app", 400, id="huge-chunk"),
-    pytest.param(POST + CHUNKED + b'7\r\n{"c":1}\r\n', "app", 400, id="no-last-chunk"),
-    pytest.param(POST + CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", "app", 400, id="bad-chunk-size"),
-    pytest.param(POST + CHUNKED + b"2\r\n{}XX0\r\n\r\n", "app", 400, id="chunk-without-crlf"),
-    pytest.param(b"POST /join HTTP/1.1\r\nHost: x\r\n" + CHUNKED + b"zz\r\n", "app", 400, id="bad-chunk-on-join",),
-    pytest.param(POST + b'Content-Length: 100\r\n\r\n{"cut":1}', "app", 400, id="body-shorter-than-length",),
+    pytest.param(POST + b"Transfer-Encoding: identity\r\n\r\n{}", "server", 400, id="identity-coding"),
+    pytest.param(POST + CHUNKED + b"10\r\n{}", "server", 400, id="chunked-cut-off"),
+    pytest.param(POST + CHUNKED + b"ffffffffffffffffffffffff\r\n{}\r\n0\r\n\r\n", "server", 400, id="huge-chunk"),
+    pytest.param(POST + CHUNKED + b'7\r\n{"c":1}\r\n', "server", 400, id="no-last-chunk"),
+    pytest.param(POST + CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", "server", 400, id="bad-chunk-size"),
+    pytest.param(POST + CHUNKED + b"2\r\n{}XX0\r\n\r\n", "server", 400, id="chunk-without-crlf"),
+    pytest.param(b"POST /join HTTP/1.1\r\nHost: x\r\n" + CHUNKED + b"zz\r\n", "server", 400, id="bad-chunk-on-join",),
+    pytest.param(POST + b'Content-Length: 100\r\n\r\n{"cut":1}', "server", 400, id="body-shorter-than-length",),
     pytest.param(b"DELETE /remove HTTP/1.1\r\nHost: x\r\nX-Hraftd-Forwarded: abc\r\nContent-Length: 13\r\n\r\n"
                  b'{"id":"nope"}', "app", 404, id="forward-header-on-the-leader"),
     pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "app", 404, id="asterisk"),
@@ -714,7 +681,7 @@ def test_a_body_that_never_comes_is_cut_off_and_not_applied(node):
     started = time.monotonic()
     answer = exchange(node, POST + b'Content-Length: 100\r\n\r\n{"never":1}', half_close=False, timeout=15)
     assert time.monotonic() - started < 10  # -io-timeout 2
-    assert check_raw_answer(answer) == (400, "app") and b'"code":"bad_request"' in answer, answer[:300]
+    assert check_raw_answer(answer) == (400, "server") and b'"code":"bad_request"' in answer, answer[:300]
     assert requests.get(f"{node.url}/key/never", timeout=10).status_code == 404
     assert_node_serves_its_data(node)
 

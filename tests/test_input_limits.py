@@ -14,8 +14,7 @@ def node(tmp_path_factory):
 
     cluster = Cluster(tmp_path_factory.mktemp("limits"))
     node = cluster.node("node0").start(None, "-max-key-bytes", "64", "-max-keys-per-write", "10",
-                                       "-max-value-bytes", "1000", "-max-body", "20000", "-threads", "4",
-                                       "-max-pending", "2", "-io-timeout", "1")
+                                       "-max-value-bytes", "1000", "-max-body", "20000", "-io-timeout", "1")
     try:
         node.wait_ready()
         assert node.set({"precious": "kept"}).status_code == 200
@@ -76,6 +75,13 @@ def test_unknown_query_parameters_are_refused(node):
     assert response.status_code == 400 and response.json()["code"] == "unknown_parameter"
     response = requests.get(f"{node.url}/status", params={"verbose": "1"}, timeout=10)
     assert response.status_code == 400
+    for query in ("anything", "x=1", "level=stale", "level=linearizable"):
+        response = requests.post(f"{node.url}/key?{query}", json={"queried": query}, timeout=10)
+        assert response.status_code == 400 and response.json()["code"] == "unknown_parameter", query
+        response = requests.delete(f"{node.url}/key/precious?{query}", timeout=10)
+        assert response.status_code == 400 and response.json()["code"] == "unknown_parameter", query
+    assert node.get("queried").status_code == 404  # nothing was written
+    assert node.value("precious") == "kept"  # nothing was deleted
 
 
 def slow_client(node, request: bytes) -> socket.socket:
@@ -94,7 +100,7 @@ def closed_by_server(sock: socket.socket) -> bool:
 
 
 def test_slow_and_truncated_requests_are_cut_off(node):
-    # More half-sent requests than the node has threads: headers that never end, a body that never comes.
+    # Half-sent requests: headers that never end, a body that never comes.
     slow = [slow_client(node, b"GET /status HTTP/1.1\r\nHost: x\r\nX-Slow: ") for _ in range(6)]
     slow += [slow_client(node, b"POST /key HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"a\"") for _ in range(6)]
     started = time.monotonic()
@@ -105,21 +111,3 @@ def test_slow_and_truncated_requests_are_cut_off(node):
         assert closed_by_server(sock)
         sock.close()
     assert node.get("a").status_code == 404  # the truncated write was not applied
-
-
-def test_too_many_waiting_requests_get_503_busy(node):
-    # 4 threads, 2 may wait: hold the threads with slow bodies, then the queue overflows.
-    holders = [slow_client(node, b"POST /key HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{") for _ in range(8)]
-    answers = []
-    for sock in holders:
-        sock.settimeout(0.5)
-        try:
-            answers.append(sock.recv(4096))
-        except TimeoutError:
-            answers.append(b"")
-    busy = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
-    assert busy, answers
-    assert b"Retry-After: 1" in busy[0] and b'"code": "busy"' in busy[0]
-    for sock in holders:
-        sock.close()
-    wait_for(lambda: requests.get(f"{node.url}/status", timeout=2).status_code == 200, 15, "the node to recover")

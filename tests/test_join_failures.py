@@ -50,7 +50,7 @@ def test_a_raft_port_fails_at_once_with_a_hint(cluster, tmp_path, secret):
     extra = ()
     if secret:
         secret_file = tmp_path / "raft-secret"
-        secret_file.write_text("s3cret\n")
+        secret_file.write_text("s3cret-of-sixteen-chars\n")
         extra = ("-raft-secret-file", str(secret_file))
     member = cluster.node("node0").start(None, *extra).wait_ready()
     log = joiner_log(cluster, member.raft_addr, *extra)

@@ -1,4 +1,7 @@
-"""docs/openapi.yaml is valid OpenAPI and describes the app exactly: every route, method, role, parameter, code."""
+"""docs/openapi.yaml is valid OpenAPI and describes the app exactly: every route, method, role, parameter, code.
+
+The app's routes are the native ``/key`` routes (``hraftd.keys.ENDPOINTS``) and the Flask app's.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +15,16 @@ import yaml
 from openapi_spec_validator import validate
 from werkzeug import exceptions
 
-from hraftd import errors, fastpath, protocol, web
+from hraftd import app as node_app
+from hraftd import connection, errors, keys, protocol, web
+from hraftd.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_PATH = ROOT / "docs" / "openapi.yaml"
 SPEC: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # The werkzeug errors the app can raise or meet; _http_error turns their names into codes.
-HTTP_ERRORS = (exceptions.NotFound, exceptions.MethodNotAllowed, exceptions.RequestEntityTooLarge,
-               exceptions.BadRequest)
+HTTP_ERRORS = (exceptions.NotFound, exceptions.MethodNotAllowed, exceptions.BadRequest)
 
 
 class FakeStore:
@@ -31,16 +35,17 @@ class FakeStore:
     applied_index = 0
     revision = 0
 
-    def sync_reads(self, level: str) -> None: ...
+    def sync_reads_async(self, level: str, done: Any) -> None:
+        done(None)
 
     def read(self, key: str, *, level: str) -> Any:
         raise KeyError(key)
 
-    def update(self, items: dict[str, Any]) -> int:
-        return 1
+    def write_async(self, items: dict[str, Any], done: Any) -> None:
+        done(1, None)
 
-    def delete(self, key: str) -> bool:
-        return False
+    def delete_async(self, key: str, done: Any) -> None:
+        done((False, 1), None)
 
     def add_member(self, *args: Any, **kwargs: Any) -> bool:
         return False
@@ -100,7 +105,9 @@ def documented_codes(path: str | None, method: str, status: int, spec: dict[str,
     """The codes the spec allows for this answer; ``path`` None: a request that matched no route."""
     if path is None:
         components = spec["components"]["responses"]
-        by_status = {400: "BadHost", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed"}
+        by_status = {400: "BadHost", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed",
+                     408: "RequestTimeout", 413: "PayloadTooLarge", 414: "UriTooLong", 431: "HeadersTooLarge",
+                     503: "Busy"}
         return codes_of(components[by_status[status]], spec) if status in by_status else set()
     response = operations(spec)[(path, method)]["responses"].get(str(status))
     return codes_of(response, spec) if response is not None else set()
@@ -116,36 +123,41 @@ def all_spec_codes(spec: dict[str, Any] = SPEC) -> set[str]:
     return codes
 
 
+def flask_app() -> Any:
+    store = FakeStore()
+    return web.create_app(store, metrics=NodeMetrics(store))
+
+
 def app_routes() -> dict[str, set[str]]:
     """OpenAPI path -> methods of the app's routes, without the HEAD and OPTIONS that Flask adds itself."""
-    app = web.create_app(FakeStore())
     routes: dict[str, set[str]] = {}
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
-            continue
+    for rule in flask_app().url_map.iter_rules():
         methods = set(rule.methods or ())
         if getattr(rule, "provide_automatic_options", False):
             methods.discard("OPTIONS")
         if "GET" in methods:
             methods.discard("HEAD")
         routes.setdefault(spec_path(rule.rule), set()).update(methods)
+    for route, method in keys.ENDPOINTS:
+        routes.setdefault(spec_path(route), set()).add(method)
     return routes
 
 
 def app_endpoints() -> dict[tuple[str, str], str]:
-    """(OpenAPI path, METHOD) -> Flask endpoint name."""
-    app = web.create_app(FakeStore())
-    return {(spec_path(rule.rule), method): rule.endpoint for rule in app.url_map.iter_rules()
-            if rule.endpoint != "static" for method in rule.methods or ()}
+    """(OpenAPI path, METHOD) -> endpoint name, as in hraftd.protocol's rules."""
+    endpoints = {(spec_path(rule.rule), method): rule.endpoint.removeprefix("api.")
+                 for rule in flask_app().url_map.iter_rules() for method in rule.methods or ()}
+    endpoints.update({(spec_path(route), method): endpoint for (route, method), endpoint in keys.ENDPOINTS.items()})
+    return endpoints
 
 
 def source_codes() -> set[str]:
     """Every error code the source can put in a body."""
     codes: set[str] = set()
-    sources = (Path(module.__file__).read_text() for module in (web, protocol, fastpath))
+    sources = (Path(module.__file__).read_text() for module in (web, protocol, keys, node_app, connection))
     for node in (node for source in sources for node in ast.walk(ast.parse(source))):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
-                "BadRequest", "_error", "error_document"):
+        name = getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
+        if name in ("BadRequest", "_error", "error_document", "Refused", "refuse"):
             code = node.args[1] if len(node.args) > 1 else next(
                 (k.value for k in node.keywords if k.arg == "code"), None)
             if isinstance(code, ast.Constant) and isinstance(code.value, str):
@@ -159,9 +171,6 @@ def source_codes() -> set[str]:
                 targets = [getattr(target, "id", None) for target in getattr(statement, "targets", [])]
                 if "code" in targets and isinstance(statement.value, ast.Constant):
                     codes.add(statement.value.value)
-    # The 503 the server itself sends when too many requests wait for a thread.
-    server = (Path(web.__file__).parent / "server.py").read_text()
-    codes |= set(re.findall(r'"code":\s*"(\w+)"', server))
     codes |= {error().name.lower().replace(" ", "_") for error in HTTP_ERRORS}
     return codes
 
@@ -224,7 +233,7 @@ def test_every_path_of_the_spec_exists_in_the_app():
 def test_roles_match_the_app():
     for (path, method), operation in operations().items():
         endpoint = app_endpoints()[(path, method)]
-        needed = web._ROLE_OF_ENDPOINT.get(endpoint)
+        needed = protocol.ROLE_OF_ENDPOINT.get(endpoint)
         requirements = operation.get("security", SPEC.get("security", []))
         roles = {role for requirement in requirements for role in requirement.get("bearerAuth", [])}
         if needed is None:
@@ -243,11 +252,11 @@ def test_query_parameters_match_the_app():
         endpoint = app_endpoints()[(path, method)]
         parameters = [resolve(p) for p in SPEC["paths"][path].get("parameters", []) + operation.get("parameters", [])]
         query = {p["name"] for p in parameters if p["in"] == "query"}
-        assert query == web._PARAMETERS_OF_ENDPOINT.get(endpoint, set()), f"{method} {path}"
+        assert query == protocol.PARAMETERS_OF_ENDPOINT.get(endpoint, set()), f"{method} {path}"
         if "unknown_parameter" not in documented_codes(path, method, 400):
             pytest.fail(f"{method} {path} refuses unknown query parameters: document 400 unknown_parameter")
     level = next(p for p in operations()[("/key/{key}", "GET")]["parameters"] if p["name"] == "level")
-    assert tuple(level["schema"]["enum"]) == web.READ_LEVELS
+    assert tuple(level["schema"]["enum"]) == protocol.READ_LEVELS
 
 
 def test_path_parameters_are_declared():
@@ -280,8 +289,7 @@ def test_every_error_response_has_the_error_body_and_the_node_headers():
                 assert {"$ref": "#/components/schemas/Error"} in schema.get("allOf", []), f"{method} {path} {status}"
                 assert codes_of(response), f"{method} {path} {status} lists no code"
             headers = response.get("headers", {})
-            if codes_of(response) != {"busy"}:  # busy comes from the server, before the app adds them
-                assert {"X-Hraftd-Node", "X-Raft-Index"} <= set(headers), f"{method} {path} {status}"
+            assert {"X-Hraftd-Node", "X-Raft-Index"} <= set(headers), f"{method} {path} {status}"
             if status == "503":
                 assert "Retry-After" in headers
             if status == "401":
@@ -290,3 +298,14 @@ def test_every_error_response_has_the_error_body_and_the_node_headers():
                 assert "Allow" in headers
         for status in ("405", "500", "503"):
             assert status in operation["responses"], f"{method} {path} lacks {status}"
+
+
+def test_the_native_router_answers_by_its_table():
+    handlers = keys.KeyHandlers(FakeStore(), None, None)
+    for (route, method), endpoint in keys.ENDPOINTS.items():
+        path = "/key" if route == "/key" else "/key/some/key"
+        assert handlers.route(method, path)[:2] == (route, endpoint)
+    for method, path in [("PUT", "/key"), ("GET", "/key"), ("POST", "/key/x"), ("PATCH", "/key/x")]:
+        assert handlers.route(method, path)[1:] == (None, None), (method, path)
+    for path in ["/key/", "/keys", "/status", "//key/x", "/KEY/x"]:
+        assert handlers.route("GET", path) is None, path

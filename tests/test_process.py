@@ -68,25 +68,29 @@ def test_nodes_side_by_side_do_not_share_a_gunicorn_control_socket(cluster):
         assert "Control socket listening" not in node.log()
 
 
-def test_gunicorn_runs_the_app_factory(cluster):
-    node = cluster.node("gnode").start_with_gunicorn("-w", "1", "-k", "gthread", "--threads", "4").wait_ready()
+def test_gunicorn_runs_the_node_with_its_settings_module(cluster):
+    node = cluster.node("gnode").start_with_gunicorn("--threads", "4").wait_ready()
+    assert "Using worker: hraftd.worker.NodeWorker" in node.log()
     assert node.set({"via": "gunicorn"}).status_code == 200
     assert node.value("via") == "gunicorn"
     node.kill()  # kill -9 of gunicorn's master: the worker follows
     worker_died_with_its_master(node)
-    node.start_with_gunicorn("-k", "gthread").wait_ready()
+    node.start_with_gunicorn().wait_ready()
     assert node.value("via") == "gunicorn"
     assert node.signal_and_wait(signal.SIGTERM) == 0
 
 
 @pytest.mark.parametrize(
-    "args, reason",
-    [(["-w", "4", "-k", "gthread"], "refusing 4 workers"), (["--preload"], "refusing --preload")],
+    "args, config, reason",
+    [(["-w", "2"], True, "refusing 2 workers"), (["--preload"], True, "refusing --preload"),
+     (["-k", "gthread"], True, "refusing gunicorn's worker class ThreadWorker"),
+     ([], False, "refusing gunicorn's worker class SyncWorker")],
 )
-def test_gunicorn_refuses_unsafe_settings_with_a_reason(cluster, args, reason):
-    node = cluster.node("gnode").start_with_gunicorn(*args)
+def test_gunicorn_refuses_unsafe_settings_with_a_reason(cluster, args, config, reason):
+    node = cluster.node("gnode").start_with_gunicorn(*args, config=config)
     assert node.process.wait(30) == 3  # the documented status, not gunicorn's generic 1
     assert reason in node.log()
+    assert "gunicorn -c python:hraftd.gunicorn_conf" in node.log()  # and says how to start it
     assert not node.processes()
 
 

@@ -2,6 +2,7 @@
 
 import datetime
 import ipaddress
+import re
 import ssl
 
 import pytest
@@ -12,16 +13,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nodes import Node, wait_for
 
+from hraftd.auth import TokenFile
 from hraftd.client import Client, ClientError
 
-TOKENS = {"read": "r-7f3c1e0b9a", "write": "w-52d8e4a6c1", "admin": "a-9b0e7d3f28"}
+TOKENS = {"read": "r-7f3c1e0b9a4d2e6f", "write": "w-52d8e4a6c1f0b3a9", "admin": "a-9b0e7d3f28c5e1b4",
+          "hash": "Zq#0123456789abcdef"}  # a '#' inside a token is part of it: "Bearer Zq" is nobody
 SECRET = "raft-secret-4e1a9c"
 
 
 @pytest.fixture
 def auth_files(tmp_path):
     tokens = tmp_path / "tokens"
-    tokens.write_text("# role token\n" + "".join(f"{role} {token}\n" for role, token in TOKENS.items()))
+    lines = [f"{role} {token}\n" for role, token in TOKENS.items() if role != "hash"]
+    tokens.write_text("# role token\n" + "".join(lines) + f"  # an indented comment\nadmin {TOKENS['hash']}\n")
     admin = tmp_path / "admin-token"
     admin.write_text(TOKENS["admin"] + "\n")
     secret = tmp_path / "raft-secret"
@@ -50,6 +54,12 @@ def test_tokens_and_roles(cluster, auth_files):
     wrong = requests.get(f"{node0.url}/status", headers={"Authorization": "Bearer nope"}, timeout=5)
     assert wrong.status_code == 401
     assert requests.get(f"{node0.url}/nowhere", timeout=5).status_code == 401  # no hint of what exists
+    for cut_short in ("Zq", "Zq#", TOKENS["hash"][:-1]):
+        answer = requests.post(f"{node0.url}/key", json={"k": 0}, headers={"Authorization": f"Bearer {cut_short}"},
+                               timeout=5)
+        assert answer.status_code == 401, cut_short
+    hashed = requests.get(f"{node0.url}/status", headers={"Authorization": f"Bearer {TOKENS['hash']}"}, timeout=5)
+    assert hashed.status_code == 200
 
     assert requests.post(f"{node0.url}/key", json={"k": 1}, headers=bearer("read"), timeout=5).status_code == 403
     assert requests.post(f"{node0.url}/key", json={"k": 1}, headers=bearer("write"), timeout=5).status_code == 200
@@ -80,6 +90,39 @@ def test_tokens_and_roles(cluster, auth_files):
         for secret in [*TOKENS.values(), SECRET]:
             assert secret not in node.log(), f"{node.name}'s log shows a secret"
             assert secret not in answers
+
+
+def test_a_token_file_is_read_exactly(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# comments are whole lines\n\n   # indented too\nadmin Zq#0123456789abcdef\n"
+                      f"read {'r' * 16}\n")
+    parsed = TokenFile(tokens)
+    assert parsed.role_of("Zq#0123456789abcdef") == "admin"
+    assert parsed.role_of("Zq") is None and parsed.role_of("Zq#") is None
+    assert parsed.role_of("r" * 16) == "read" and parsed.role_of("r" * 15) is None
+
+
+@pytest.mark.parametrize("line, error", [
+    ("admin " + "a" * 15, "tokens need at least 16"),
+    ("admin Zq#0123", "tokens need at least 16"),
+    ("admin " + "a" * 20 + " # a comment after the token", "comments go on lines of their own"),
+    ("root " + "a" * 20, "ROLE one of read, write, admin"),
+    ("admin", "expected 'ROLE TOKEN'"),
+])
+def test_a_token_file_with_a_bad_line_is_refused_with_the_reason(tmp_path, line, error):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"read {'r' * 16}\n{line}\n")
+    with pytest.raises(ValueError, match=re.escape(error)) as refused:
+        TokenFile(tokens)
+    assert "line 2" in str(refused.value)
+
+
+def test_a_node_refuses_a_short_token_at_start(cluster, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("admin short-token\n")
+    node = cluster.node("node0").start(None, "-auth-file", str(tokens))
+    assert node.process.wait(30) != 0
+    assert "tokens need at least 16" in node.log() and "short-token" not in node.log()
 
 
 def test_a_node_with_the_wrong_raft_secret_cannot_join_or_command(cluster, auth_files, tmp_path):
