@@ -34,7 +34,7 @@ _END = object()
 
 def build_app(store: Any, *, limits: Limits | None = None, tokens: Any = None, peer_tls: ssl.SSLContext | None = None,
               threads: int = 16, max_pending: int = 64, io_timeout: float = 10.0,
-              operator: Callable[[str, int], bool] = peercred.is_operator) -> NodeApp:
+              operator: Callable[[str, int, str, int], bool] = peercred.is_operator) -> NodeApp:
     """The app of a node over ``store``, with the Flask app of the requests that are not ``/key``.
     ``operator``: who may change membership without tokens (``web.create_app``)."""
     metrics = NodeMetrics(store)
@@ -190,7 +190,8 @@ def _environ(request: Request) -> dict[str, Any]:
     environ = {
         "REQUEST_METHOD": request.method, "SCRIPT_NAME": "", "PATH_INFO": request.path,
         "QUERY_STRING": request.query, "RAW_URI": request.target, "REQUEST_URI": request.target,
-        "SERVER_NAME": "localhost", "SERVER_PORT": "0", "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+        "SERVER_NAME": request.local_addr or "localhost", "SERVER_PORT": str(request.local_port),
+        "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
         "REMOTE_ADDR": request.remote_addr, "REMOTE_PORT": str(request.remote_port),
         "CONTENT_LENGTH": str(len(request.body)), "wsgi.version": (1, 0), "wsgi.url_scheme": request.scheme,
         "wsgi.input": io.BytesIO(request.body), "wsgi.input_terminated": True, "wsgi.errors": sys.stderr,

@@ -55,6 +55,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
         self.remote: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
         self.reading = IDLE
         self.deadline: float | None = None
         self.write_deadline: float | None = None
@@ -88,9 +89,11 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
+        peer, own = transport.get_extra_info("peername"), transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
             self.remote = (str(peer[0]), int(peer[1]))
+        if isinstance(own, tuple):
+            self.local = (str(own[0]), int(own[1]))
         if self.server.admit(self):
             self.deadline = self.loop.time() + self.server.keepalive
             return
@@ -242,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
         headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in self.headers]
         return Request(self.parser.get_method().decode("latin-1"), path.decode("latin-1"), query.decode("latin-1"),
                        headers, b"".join(self.body), url.decode("latin-1"), self.parser.get_http_version(),
-                       self.remote[0], self.remote[1], self.server.scheme)
+                       self.remote[0], self.remote[1], self.server.scheme, self.local[0], self.local[1])
 
     def _too_large(self) -> Refused:
         return Refused(413, "request_entity_too_large",

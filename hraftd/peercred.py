@@ -1,9 +1,10 @@
 """Which local user owns the other end of a TCP connection: how a node without tokens tells its own operator
 from another user of the same machine.
 
-The kernel lists every TCP socket with its owner's uid in /proc/net/tcp and /proc/net/tcp6. The client's
-socket is the one whose local address is the connection's remote address. A client on another machine has no
-such socket here: its owner is unknown (None).
+The kernel lists every TCP socket with its state and its owner's uid in /proc/net/tcp and /proc/net/tcp6. The
+client's socket is the established one whose local address is the connection's remote end and whose remote
+address is the node's end (a closed socket in TIME_WAIT may hold the same local port, and belongs to root). A
+client on another machine has no such socket here: its owner is unknown (None).
 """
 
 from __future__ import annotations
@@ -27,25 +28,29 @@ def _proc_address(ip: str, port: int) -> tuple[str, str] | None:
     return ("/proc/net/tcp" if address.version == 4 else "/proc/net/tcp6"), f"{words.hex().upper()}:{port:04X}"
 
 
-def owner_uid(client_ip: str, client_port: int) -> int | None:
-    """The uid owning the local socket at ``client_ip:client_port``, or None if no local socket is there."""
-    located = _proc_address(client_ip, client_port)
-    if located is None:
+_ESTABLISHED = "01"
+
+
+def owner_uid(client_ip: str, client_port: int, server_ip: str, server_port: int) -> int | None:
+    """The uid owning the client's end of the established connection client -> server, or None if it is not a
+    socket of this machine."""
+    client, server = _proc_address(client_ip, client_port), _proc_address(server_ip, server_port)
+    if client is None or server is None:
         return None
-    path, local = located
+    path = client[0]
     try:
         with open(path) as table:
             next(table)
             for line in table:
                 fields = line.split()
-                if fields[1] == local:
+                if fields[1] == client[1] and fields[2] == server[1] and fields[3] == _ESTABLISHED:
                     return int(fields[7])
     except OSError:
         return None
     return None
 
 
-def is_operator(client_ip: str, client_port: int) -> bool:
+def is_operator(client_ip: str, client_port: int, server_ip: str, server_port: int) -> bool:
     """The client is a process of the user this node runs as, or of root, on this machine."""
-    uid = owner_uid(client_ip, client_port)
+    uid = owner_uid(client_ip, client_port, server_ip, server_port)
     return uid is not None and uid in (os.getuid(), 0)

@@ -21,6 +21,8 @@ class Request:
     remote_addr: str = ""
     remote_port: int = 0
     scheme: str = "http"
+    local_addr: str = ""  # this end of the connection: the node's address as the client reached it
+    local_port: int = 0
 
     def header(self, name: str) -> str:
         """The value of header ``name`` (lower case), repeated ones joined with ", "; "" if absent."""

@@ -74,11 +74,12 @@ def create_app(
     metrics: NodeMetrics,
     tokens: TokenFile | None = None,
     peer_tls: ssl.SSLContext | None = None,
-    operator: Callable[[str, int], bool] = peercred.is_operator,
+    operator: Callable[[str, int, str, int], bool] = peercred.is_operator,
 ) -> Flask:
     """The API of one node but ``/key``. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak
-    HTTPS. ``operator``: whether a client at (ip, port) is this node's operator, who may change membership
-    without tokens. The body of a request must be in ``wsgi.input`` whole (the node's HTTP server reads it)."""
+    HTTPS. ``operator``: whether the client of a connection (client ip, port, the node's ip, port) is this
+    node's operator, who may change membership without tokens. The body of a request must be in
+    ``wsgi.input`` whole (the node's HTTP server reads it)."""
     app = Flask("hraftd", static_folder=None)  # an API only: no static files for anyone
     app.url_map.merge_slashes = False  # never redirect a path elsewhere
     app.config.update(STORE=store, TOKENS=tokens, PEER_TLS=peer_tls, METRICS=metrics, OPERATOR=operator)
@@ -248,9 +249,10 @@ def _authorize() -> None:
 
 
 def _from_operator() -> bool:
+    environ = request.environ
     try:
-        return current_app.config["OPERATOR"](request.environ.get("REMOTE_ADDR", ""),
-                                              int(request.environ.get("REMOTE_PORT") or 0))
+        return current_app.config["OPERATOR"](environ.get("REMOTE_ADDR", ""), int(environ.get("REMOTE_PORT") or 0),
+                                              environ.get("SERVER_NAME", ""), int(environ.get("SERVER_PORT") or 0))
     except ValueError:
         return False
 

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 from hraftd.raft.codec import decode_message, encode_message
-from hraftd.raft.transport import PROTOCOL, _Keys, split_address
+from hraftd.raft.transport import PROTOCOL
+from hraftd.raft.wire import Keys, split_address
 
 
 def connect(address: str, timeout: float = 5.0) -> socket.socket:
@@ -34,7 +35,7 @@ class Peer:
 
     def __init__(self, address: str, me: str, secret: str | None) -> None:
         self.sock = connect(address)
-        self.keys = _Keys(secret) if secret else None
+        self.keys = Keys(secret) if secret else None
         self.seal = self.open = None
         self.sent = self.received = 0
         self.buffer = b""

@@ -316,7 +316,7 @@ def codes_for_status(status: int) -> set[str]:
 def recording_app(store: Any, **options: Any) -> AppClient:
     """The node's app, driven in-process; each answer names the route that answered (for the spec's codes).
     Requests come as if from the node's own user, who may change membership without tokens."""
-    return AppClient(build_app(store, operator=lambda ip, port: True, **options))
+    return AppClient(build_app(store, operator=lambda *connection: True, **options))
 
 
 @pytest.fixture(scope="module")

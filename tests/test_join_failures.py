@@ -5,7 +5,7 @@ import re
 import socket
 
 import pytest
-from nodes import free_port
+from nodes import free_port, wait_for
 from test_security import self_signed_certificate
 
 WAITING_WOULD_TAKE = "60"  # -join-timeout: a join that fails fast exits long before it
@@ -64,9 +64,24 @@ def certificate(tmp_path):
     return self_signed_certificate(tmp_path)
 
 
+def listening(address: str) -> bool:
+    """The HTTPS member's port is bound: a joiner's connection queues instead of being refused."""
+    try:
+        socket.create_connection(address.rsplit(":", 1), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def https_member(cluster, cert: str, key: str):
+    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
+    wait_for(lambda: listening(member.http_addr), 30, "the HTTPS member to listen")
+    return member
+
+
 def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate):
     cert, key = certificate
-    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
+    member = https_member(cluster, cert, key)
     log = joiner_log(cluster, member.http_addr, "-tls-cert", cert, "-tls-key", key)  # no -tls-ca
     assert f"the certificate of {member.http_addr} does not verify (self-signed certificate)" in log
     assert "give the CA that signed it with -tls-ca" in log
@@ -75,7 +90,7 @@ def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate)
 
 def test_plain_http_to_an_https_member(cluster, certificate):
     cert, key = certificate
-    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
+    member = https_member(cluster, cert, key)
     log = joiner_log(cluster, member.http_addr)
     assert f"{member.http_addr} serves HTTPS, and this node talks plain HTTP: give it -tls-cert and -tls-key" in log
     assert not attempts(log)

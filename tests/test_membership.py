@@ -1,5 +1,7 @@
 """Joining and removing members on real clusters."""
 
+import signal
+
 import requests
 from nodes import wait_for
 
@@ -88,3 +90,17 @@ def test_a_data_dir_with_its_own_cluster_refuses_to_join(cluster):
     solo.start(node0)
     assert solo.process.wait(30) == 3
     assert "holds a member of another cluster" in solo.log()
+
+
+def test_a_node_joining_from_a_snapshot_that_predates_the_leader_follows_that_leader(cluster):
+    """Every member here holds the first node's snapshot, which lists only the first node. Once another member
+    leads, a new node loads that snapshot from it and, for a moment, does not know its leader is a member: it
+    must still take the leader's entries (Raft's followers hear any leader) and so learn the rest."""
+    node0, node1, node2 = cluster.start(3)
+    assert cluster.leader() is node0
+    node0.signal_and_wait(signal.SIGTERM)  # hands leadership over to node1 or node2
+    leader = cluster.leader([node1, node2])
+    node3 = cluster.node("node3").start(leader).wait_ready()
+    assert leader.set({"after": 1}).status_code == 200
+    wait_for(lambda: node3.get("after", level="stale").status_code == 200, 10, "node3 to follow the leader")
+    assert member_ids(node3) == {"node0", "node1", "node2", "node3"}

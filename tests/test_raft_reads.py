@@ -130,7 +130,7 @@ def test_a_follower_answers_a_ping_only_when_it_has_not_moved_to_a_later_term():
 
 
 def test_a_read_past_its_deadline_fails():
-    reads, engine, done = leader_reads(noop_index=99)  # never confirmable
+    reads, _, done = leader_reads(noop_index=99)  # never confirmable
     reads.request(reader(done, "a"), deadline=0.0)
     reads.tick()
     assert len(done) == 1 and "in time" in str(done[0][1])

@@ -3,7 +3,6 @@ and the cluster keeps working while it is attacked."""
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
 import signal
@@ -11,6 +10,7 @@ import socket
 import statistics
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -20,6 +20,7 @@ import requests
 from nodes import wait_for
 from raftpeer import Peer, closed_by_peer, connect
 
+from hraftd.datadir import read_secret
 from hraftd.raft import codec
 from hraftd.raft.journal import Journal, encode_record
 
@@ -85,7 +86,30 @@ def test_a_strangers_frames_run_nothing_change_nothing_and_read_nothing(started,
 
 
 def member_secret(node, explicit: str | None = None) -> str:
-    return explicit or (node.data_dir / "raft-secret").read_text().strip()
+    return explicit or read_secret(node.data_dir)
+
+
+def test_a_secret_holder_that_is_not_a_member_is_heard_only_as_a_leader_or_candidate_would_be(cluster):
+    """A non-member may be a leader this node does not know yet; it must never count toward a quorum."""
+    node0, _ = cluster.start(2)
+    leader = cluster.leader()
+    term = leader.status()["term"]
+    guest = Peer(leader.raft_addr, "127.0.0.1:1", member_secret(node0))
+    for answer in ({"type": "response_vote", "term": term, "vote_granted": True},
+                   {"type": "next_node_idx", "term": term, "next_node_idx": 1, "reset": True, "success": False},
+                   {"type": "hraftd_pong", "term": term, "seq": 1},
+                   {"type": "apply_command", "command": b"\x00", "request_id": 1}):
+        guest.send(answer)
+    guest.send({"type": "hraftd_prevote", "serial": 7, "term": term + 5, "last_log_index": 1, "last_log_term": 1})
+    assert guest.receive() == {"type": "hraftd_prevote_answer", "serial": 7, "granted": False}  # heard, refused
+    assert leader.set({"still": "leading"}).status_code == 200
+    assert leader.status()["role"] == "leader" and requests.get(f"{leader.url}/livez", timeout=5).status_code == 200
+
+    guests = [Peer(leader.raft_addr, f"127.0.0.1:{port}", member_secret(node0)) for port in range(2, 9)]
+    with pytest.raises(ConnectionError):  # the ninth non-member
+        Peer(leader.raft_addr, "127.0.0.1:9", member_secret(node0)).receive(3)
+    for peer in [guest, *guests]:
+        peer.close()
 
 
 def two_nodes_one_down(cluster):
@@ -93,9 +117,14 @@ def two_nodes_one_down(cluster):
     node1 = cluster.node("node1").start(join=node0).wait_ready()
     node0.set({"before": 1})
     wait_for(lambda: node1.get("before", level="stale").status_code == 200, 10, "node1 to catch up")
+    log_term = node0.status()["term"]  # node0 leads: its last entry is of this term
     node1.kill()
     wait_for(lambda: node0.status()["commit_index"] == node0.status()["applied_index"], 10, "node0 to settle")
-    return node0, node1
+    return node0, node1, log_term
+
+
+# node0, alone, keeps standing for election and raising its term: a term far above it is still news
+LATER_TERM = 1000
 
 
 def raft_stopped(node) -> bool:
@@ -103,14 +132,13 @@ def raft_stopped(node) -> bool:
 
 
 def test_a_member_sending_a_hostile_command_runs_nothing_and_stops_the_node(cluster, tmp_path):
-    node0, node1 = two_nodes_one_down(cluster)
+    node0, node1, log_term = two_nodes_one_down(cluster)
     marker = tmp_path / "ran"
     peer = Peer(node0.raft_addr, node1.raft_addr, member_secret(node0))  # it holds the secret: a member
-    status = node0.status()
-    last, term = status["commit_index"], status["term"]
+    last = node0.status()["commit_index"]
     command = b"\x00" + pickle.dumps((0, (hostile(marker)[1],)), 2)
-    peer.send({"type": "append_entries", "term": term + 1, "commit_index": last + 1, "prevLogIdx": last,
-               "prevLogTerm": term, "entries": [(command, last + 1, term + 1)]})
+    peer.send({"type": "append_entries", "term": LATER_TERM, "commit_index": last + 1, "prevLogIdx": last,
+               "prevLogTerm": log_term, "entries": [(command, last + 1, LATER_TERM)]})
     wait_for(lambda: raft_stopped(node0), 10, "node0 to refuse the entry and stop")
     assert not marker.exists()
     assert "refusing to load posix.system" in node0.log()
@@ -118,16 +146,14 @@ def test_a_member_sending_a_hostile_command_runs_nothing_and_stops_the_node(clus
 
 
 def test_a_hostile_snapshot_sent_by_a_member_runs_nothing_and_stops_the_node(cluster, tmp_path):
-    node0, node1 = two_nodes_one_down(cluster)
+    node0, node1, _ = two_nodes_one_down(cluster)
     marker = tmp_path / "ran"
     payload = pickle.dumps(([{}, {"state": hostile(marker)[2]}], (b"\x01", 9, 9), (b"\x01", 8, 9), set()), 2)
-    header = codec._SNAPSHOT_HEADER.pack(codec.SNAPSHOT_MAGIC, codec.SNAPSHOT_VERSION, len(payload),
-                                         zlib.crc32(payload))
-    snapshot = gzip.compress(header + payload)
+    snapshot = codec.frame_snapshot(payload)
     peer = Peer(node0.raft_addr, node1.raft_addr, member_secret(node0))
-    term = node0.status()["term"] + 1
-    peer.send({"type": "append_entries", "term": term, "commit_index": 9, "serialized": (snapshot, True, False)})
-    peer.send({"type": "append_entries", "term": term, "commit_index": 9, "serialized": (b"", False, True)})
+    peer.send({"type": "append_entries", "term": LATER_TERM, "commit_index": 9,
+               "serialized": (snapshot, True, False)})
+    peer.send({"type": "append_entries", "term": LATER_TERM, "commit_index": 9, "serialized": (b"", False, True)})
     wait_for(lambda: raft_stopped(node0), 10, "node0 to refuse the snapshot and stop")
     assert not marker.exists()
     assert "raft.snapshot" in node0.log() and "refusing to load" in node0.log()
@@ -217,3 +243,36 @@ def test_the_raft_listener_survives_running_out_of_file_descriptors(cluster):
     assert time.monotonic() - started < 10
     assert node0.set({"after-the-flood": 1}).status_code == 200
     assert node1.value("after-the-flood") == 1
+
+
+def as_another_user(code: str) -> subprocess.CompletedProcess[str]:
+    """Python code run as uid/gid 65534 (nobody), as another user of this machine would."""
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_another_user_of_the_machine_cannot_fetch_the_secret_change_members_or_read_the_data_dir(cluster):
+    node = cluster.node("node0").start().wait_ready()
+    node.set({"k": 1})
+    code = f"""
+import json, urllib.request, urllib.error
+def call(method, path, body):
+    request = urllib.request.Request("{node.url}" + path, data=json.dumps(body).encode(), method=method)
+    try:
+        return urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as error:
+        return error.code
+print(call("POST", "/join/secret", {{}}), call("DELETE", "/remove", {{"id": "node0"}}),
+      call("POST", "/join", {{"id": "x", "addr": "127.0.0.1:1"}}), call("POST", "/key", {{"mine": 1}}))
+try:
+    open("{node.data_dir / 'raft-secret'}").read()
+    print("read")
+except PermissionError:
+    print("denied")
+"""
+    result = as_another_user(code)
+    assert result.stdout.split() == ["403", "403", "403", "200", "denied"], result.stdout + result.stderr
+    assert [member["id"] for member in node.status()["members"]] == ["node0"]
+    # The node's own user is the operator: the same requests from this process are allowed.
+    assert requests.post(f"{node.url}/join/secret", json={}, timeout=10).json()["secret"]

@@ -68,6 +68,26 @@ def test_a_flipped_bit_in_any_record_is_refused_with_file_and_offset(written, wh
     assert "raft.log" in str(refused.value) and f"offset {start}" in str(refused.value)
 
 
+def test_every_flipped_bit_of_the_file_header_and_of_a_whole_record_is_refused(tmp_path):
+    """Every bit of the first, a middle and the last record (header, its padding, command, padding after it)."""
+    journal = open_journal(tmp_path, chunk_bytes=65536)  # a small file: this test opens it thousands of times
+    for i in range(1, 12):
+        journal.add(command(i), i, 1)
+    journal.sync()
+    offsets, end = list(journal._offsets), journal._end
+    journal._destroy()
+    starts = [0, offsets[0], offsets[5], offsets[-1]]
+    ends = [offsets[0], offsets[1], offsets[6], end]
+    for start, stop in zip(starts, ends, strict=True):
+        for offset in range(start, stop):
+            for bit in range(8):
+                flip(tmp_path / "raft.log", offset, bit)
+                with pytest.raises(DamagedFile):
+                    open_journal(tmp_path)
+                flip(tmp_path / "raft.log", offset, bit)
+    assert len(open_journal(tmp_path)) == 11
+
+
 def test_the_term_of_the_last_record_with_bit_40_flipped_is_refused(written):
     """The attack that once won an election at term 1,099,511,627,778."""
     path, offsets = written
@@ -123,10 +143,11 @@ def test_a_flipped_bit_in_the_state_file_is_refused(written):
     path, _ = written
     size = (path / "raft.state").stat().st_size
     for offset in range(size):
-        flip(path / "raft.state", offset, bit=2)
-        with pytest.raises(DamagedFile):
-            open_journal(path)
-        flip(path / "raft.state", offset, bit=2)
+        for bit in range(8):
+            flip(path / "raft.state", offset, bit)
+            with pytest.raises(DamagedFile):
+                open_journal(path)
+            flip(path / "raft.state", offset, bit)
     assert open_journal(path).getCurrentTerm() == 4
 
 
@@ -169,8 +190,10 @@ def test_a_full_disk_is_an_error_not_a_crash(tmp_path, monkeypatch):
 
 
 def write_snapshot(path, payload) -> None:
-    with open(path, "wb") as file, gzip.GzipFile(fileobj=file, mode="wb") as stream:
+    """As PySyncObj does: a gzip stream of a temp file, renamed over the snapshot."""
+    with open(f"{path}.tmp", "wb") as file, gzip.GzipFile(fileobj=file, mode="wb") as stream:
         codec.dump(payload, stream)
+    os.replace(f"{path}.tmp", path)
 
 
 def test_a_snapshot_reads_back_and_any_flipped_bit_is_refused(tmp_path):
@@ -178,13 +201,15 @@ def test_a_snapshot_reads_back_and_any_flipped_bit_is_refused(tmp_path):
     payload = ([{}, {"state": {"k": list(range(50))}}], (b"\x01", 5, 2), (b"\x01", 4, 2), {codec.node("a:1")})
     write_snapshot(snapshot, payload)
     assert codec.read_snapshot_file(str(snapshot)) == payload
-    raw = gzip.decompress(snapshot.read_bytes())
-    for offset in range(0, len(raw), 7):
-        damaged = bytearray(raw)
-        damaged[offset] ^= 0x10
-        snapshot.write_bytes(gzip.compress(bytes(damaged)))
-        with pytest.raises(DamagedFile, match=r"raft\.snapshot"):
+    written = snapshot.read_bytes()
+    for offset in range(len(written)):
+        for bit in range(8):
+            damaged = bytearray(written)
+            damaged[offset] ^= 1 << bit
+            snapshot.write_bytes(bytes(damaged))
+            with pytest.raises(DamagedFile, match=r"raft\.snapshot"):
+                codec.read_snapshot_file(str(snapshot))
+    for tail in (written[:-3], written + b"\0" * 8, written + written):
+        snapshot.write_bytes(tail)
+        with pytest.raises(DamagedFile):
             codec.read_snapshot_file(str(snapshot))
-    snapshot.write_bytes(snapshot.read_bytes()[:-3])
-    with pytest.raises(DamagedFile):
-        codec.read_snapshot_file(str(snapshot))

@@ -6,14 +6,13 @@
   we put a pickler whose only reference to a global is ``node``, our constructor of a cluster member from its
   address, and an unpickler that refuses every other global: a pickle can build dicts, lists, tuples, sets,
   strings, bytes and numbers, and members, never call anything else.
-- A snapshot file is a header (magic, format version, payload length, CRC32 of the payload) and that payload,
-  checked whole before any of it is decoded.
+- A snapshot file is a header (magic, format version, payload length, CRC32 of the body) and the payload
+  compressed (the body), checked whole before any of it is decoded.
 """
 
 from __future__ import annotations
 
 import copyreg
-import gzip
 import io
 import os
 import pickle
@@ -103,24 +102,33 @@ class Deferred:
 
 SNAPSHOT_MAGIC = b"HRAFTD-SNAPSHOT\n"
 SNAPSHOT_VERSION = 1
-_SNAPSHOT_HEADER = struct.Struct("<16sIQI")  # magic, format version, payload length, CRC32 of the payload
+_SNAPSHOT_HEADER = struct.Struct("<16sIQI")  # magic, format version, payload length, CRC32 of the body
+_SNAPSHOT_COMPRESSION = 1  # zlib's fastest level
+
+
+def frame_snapshot(payload: bytes) -> bytes:
+    """A snapshot file's content: the header, then the compressed payload. Every byte is checked on reading
+    (the magic and version exactly, the length against the payload, the CRC against the body)."""
+    body = zlib.compress(payload, _SNAPSHOT_COMPRESSION)
+    return _SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(payload), zlib.crc32(body)) + body
 
 
 def dump(obj: Any, file: BinaryIO, protocol: int | None = None) -> None:
-    """Write a snapshot to ``file`` (PySyncObj's gzip stream of a temp file) and make it durable.
+    """Write a snapshot into the temp file beneath ``file`` (PySyncObj's gzip stream) and make it durable.
 
-    Runs in the forked child that writes the snapshot: values that are ``Deferred`` are computed here.
-    PySyncObj renames the temp file over the snapshot as soon as this returns, so the bytes must be on disk
-    first: close the gzip stream here (it writes its trailer) and fsync the file beneath it.
+    Runs in the forked child that writes the snapshot: values that are ``Deferred`` are computed here. The
+    file is ours: the gzip stream is closed unused and its bytes replaced by ``frame_snapshot``, whose
+    checksum covers the whole file (gzip's leaves its header and the padding bits of its last byte out).
+    PySyncObj renames the temp file over the snapshot as soon as this returns, so the bytes are on disk first.
     """
-    payload = dumps(_resolve_deferred(obj))
-    file.write(_SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, len(payload), zlib.crc32(payload)))
-    file.write(payload)
-    beneath = getattr(file, "fileobj", None)
+    content = frame_snapshot(dumps(_resolve_deferred(obj)))
+    beneath = file.fileobj
     file.close()
-    if beneath is not None:
-        beneath.flush()
-        os.fsync(beneath.fileno())
+    beneath.seek(0)
+    beneath.truncate()
+    beneath.write(content)
+    beneath.flush()
+    os.fsync(beneath.fileno())
 
 
 def _resolve_deferred(obj: Any) -> Any:
@@ -135,8 +143,8 @@ def _resolve_deferred(obj: Any) -> Any:
 
 
 def load(file: BinaryIO) -> Any:
-    """Read a snapshot written by ``dump`` (PySyncObj's gzip stream of the snapshot file); ``DecodeError``
-    naming what is wrong if it is not intact."""
+    """Read a snapshot written by ``dump`` from the file beneath ``file`` (PySyncObj's gzip stream, which is
+    not used); ``DecodeError`` naming what is wrong if it is not intact."""
     path = getattr(file, "name", None)
     with _preloaded_lock:
         preloaded = _preloaded.pop(path, None) if isinstance(path, str) else None
@@ -145,9 +153,10 @@ def load(file: BinaryIO) -> Any:
         if preloaded[0] == (stat.st_ino, stat.st_size, stat.st_mtime_ns):
             return preloaded[1]
     try:
-        content = file.read()  # to the end: gzip checks its own CRC and length there
-        return decode_snapshot(content)
-    except (OSError, EOFError, zlib.error, DecodeError) as error:
+        beneath = file.fileobj
+        beneath.seek(0)
+        return decode_snapshot(beneath.read())
+    except (OSError, DecodeError) as error:
         _load_failure.reason = f"the snapshot is damaged: {error}"
         raise DecodeError(_load_failure.reason) from None
 
@@ -160,12 +169,16 @@ def decode_snapshot(content: bytes) -> Any:
         raise DecodeError("not an hraftd snapshot (wrong magic)")
     if version != SNAPSHOT_VERSION:
         raise DecodeError(f"snapshot format {version}; this release reads format {SNAPSHOT_VERSION}")
-    payload = memoryview(content)[_SNAPSHOT_HEADER.size:]
+    body = memoryview(content)[_SNAPSHOT_HEADER.size:]
+    if zlib.crc32(body) != crc:
+        raise DecodeError("checksum mismatch: the snapshot is damaged")
+    try:
+        payload = zlib.decompress(body)
+    except zlib.error as error:
+        raise DecodeError(f"its body does not decompress: {error}") from None
     if len(payload) != length:
         raise DecodeError(f"payload of {len(payload)} bytes, header says {length}")
-    if zlib.crc32(payload) != crc:
-        raise DecodeError("checksum mismatch: the snapshot is damaged")
-    return loads(bytes(payload))
+    return loads(payload)
 
 
 # ----- our log entries: a batch of state machine commands and the time it was proposed -----
@@ -222,9 +235,9 @@ def read_snapshot_file(path: str) -> Any:
     except FileNotFoundError:
         return None
     try:
-        with gzip.open(path, "rb") as file:
+        with open(path, "rb") as file:
             snapshot = decode_snapshot(file.read())
-    except (OSError, EOFError, zlib.error, DecodeError) as error:
+    except (OSError, DecodeError) as error:
         raise DamagedFile(path, f"the snapshot is damaged: {error}") from None
     with _preloaded_lock:
         _preloaded[path] = ((stat.st_ino, stat.st_size, stat.st_mtime_ns), snapshot)

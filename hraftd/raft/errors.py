@@ -36,3 +36,4 @@ class DamagedFile(StorageError):
             f"{path}: {detail}. The node refuses to use damaged state: stop it, move its data directory "
             "away, and start it empty with -join to let it catch up from the cluster")
         self.path = path
+        self.detail = detail

@@ -54,21 +54,28 @@ def write_durably(path: str, content: bytes, sync: bool = True) -> None:
         fsync_directory_of(path)
 
 
+def sealed(magic: bytes, payload: bytes) -> bytes:
+    """A small file's content: its kind and format (``magic``, one line), the CRC32 of ``payload``, then it."""
+    return magic + b"%08x\n" % zlib.crc32(payload) + payload
+
+
+def unsealed(path: str, content: bytes, magic: bytes) -> bytes:
+    """The payload of a file written as ``sealed(magic, payload)``; ``DamagedFile`` if any byte differs."""
+    if not content.startswith(magic):
+        raise DamagedFile(path, "not the file hraftd wrote there (wrong magic or format)")
+    crc_line, _, payload = content[len(magic):].partition(b"\n")
+    if crc_line != b"%08x" % zlib.crc32(payload):  # compared as bytes: "A" and "a" are one hex digit
+        raise DamagedFile(path, "checksum mismatch")
+    return payload
+
+
 def load_hard_state(path: str) -> HardState:
     try:
         with open(path, "rb") as file:
             content = file.read()
     except FileNotFoundError:
         return HardState()
-    if not content.startswith(_MAGIC):
-        raise DamagedFile(path, "not an hraftd state file (wrong magic or format)")
-    crc_line, _, payload = content[len(_MAGIC):].partition(b"\n")
-    try:
-        expected = int(crc_line, 16)
-    except ValueError:
-        raise DamagedFile(path, "its checksum line is unreadable") from None
-    if zlib.crc32(payload) != expected:
-        raise DamagedFile(path, "checksum mismatch")
+    payload = unsealed(path, content, _MAGIC)
     try:
         fields = json.loads(payload)
         state = HardState(int(fields["term"]), fields["voted_for"], int(fields["commit_index"]))
@@ -83,6 +90,6 @@ def save_hard_state(path: str, state: HardState, sync: bool = True) -> None:
     payload = json.dumps({"term": state.term, "voted_for": state.voted_for,
                           "commit_index": state.commit_index}).encode()
     try:
-        write_durably(path, _MAGIC + b"%08x\n" % zlib.crc32(payload) + payload, sync)
+        write_durably(path, sealed(_MAGIC, payload), sync)
     except OSError as error:
         raise StorageError(f"cannot write {path}: {error}") from error

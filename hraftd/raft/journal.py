@@ -114,7 +114,7 @@ class Journal:
     @staticmethod
     def _parse(data: bytes, offset: int) -> tuple[bytes, int, int, int] | None:
         length, command_crc, index, term, header_crc = _RECORD.unpack_from(data, offset)
-        if zlib.crc32(data[offset:offset + 24]) != header_crc:
+        if zlib.crc32(data[offset:offset + 24]) != header_crc or any(data[offset + 28:offset + _RECORD.size]):
             return None
         start = offset + _RECORD.size
         if start + length > len(data):
@@ -141,7 +141,7 @@ class Journal:
         every command we write ends with a non-zero byte. A bit flip in a complete record does neither."""
         length = _RECORD.unpack_from(data, offset)[0]
         header_ok = zlib.crc32(data[offset:offset + 24]) == _RECORD.unpack_from(data, offset)[4]
-        if not header_ok:
+        if not header_ok or any(data[offset + 28:offset + _RECORD.size]):
             return False  # a 32-byte aligned header is written in one sector: it is whole or absent
         end = min(offset + _RECORD.size + length, len(data))
         if end < offset + _RECORD.size + length or data[end - 1] == 0:

@@ -44,7 +44,8 @@ from hraftd.raft.errors import (
 from hraftd.raft.journal import Journal
 from hraftd.raft.reads import ReadIndex
 from hraftd.raft.rules import RaftRules
-from hraftd.raft.transport import RaftTransport, bind
+from hraftd.raft.transport import RaftTransport
+from hraftd.raft.wire import bind
 
 log = logging.getLogger("hraftd.raft")
 events_log = logging.getLogger("hraftd.cluster")
@@ -294,7 +295,9 @@ class RaftNode:
                     raise DamagedFile(self._snapshot_path, failure)
                 if first:  # the snapshot is loaded now: give the leader a full election timeout to be heard
                     first = False
-                    self.engine.election_deadline = time.monotonic() + self.options.max_election_timeout
+                    alone = not self.engine.voters  # nobody else to hear from: lead at once
+                    self.engine.election_deadline = 0.0 if alone else \
+                        time.monotonic() + self.options.max_election_timeout
                 self._expire()
                 self._observe()
         except codec.DecodeError as error:  # an entry of the log is not ours: damaged, or put there by someone

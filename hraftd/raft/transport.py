@@ -3,14 +3,20 @@
 PySyncObj takes this as its transport (``transportClass``) and runs it on its tick thread. What it keeps:
 
 - Before a connection has proved the secret, nothing it sends is decoded beyond a small hello: frames over
-  ``HANDSHAKE_FRAME_BYTES`` close it, a handshake that does not finish within ``HANDSHAKE_SECONDS`` closes it,
+  ``wire.HANDSHAKE_FRAME_BYTES`` close it, a handshake that does not finish within ``HANDSHAKE_SECONDS`` closes it,
   and at most ``MAX_PENDING`` such connections are kept (the oldest is dropped).
 - Both ends prove the secret (HMAC over both nonces and both addresses) and then every frame is sealed with
   AES-GCM under keys of that connection, with a counter as nonce: a stranger can neither read nor inject nor
   replay. Without a secret (``-raft-insecure``) frames are plain, but still bounded.
-- Only members may talk: a connection that names an address that is not a member is closed.
+- Members talk freely. A secret holder that is not a member (yet) may connect as a guest, because Raft wants a
+  follower to hear a leader it does not know: one that was added after the snapshot the follower loaded. A
+  guest may only send what a leader or a candidate sends (``GUEST_MESSAGES``), never an answer that counts
+  toward a quorum, and at most ``MAX_GUESTS`` are connected at once.
+- The higher address of a pair dials; the lower one dials too when no connection has come for a while (its
+  peer may not know it yet). The newest connection with a peer replaces the one before; the two dial at
+  different rates, so a collision does not repeat.
 - Messages are MessagePack (``codec``), never pickle; frames of established connections are bounded too.
-- Reading is bounded per poll (``READ_BUDGET_BYTES``), buffers grow without quadratic copies, and the listener
+- Reading is bounded per poll (``wire.READ_BUDGET_BYTES``), buffers grow without quadratic copies, and the listener
   never closes: when accept() fails for lack of file descriptors it pauses and retries with backoff.
 """
 
@@ -18,38 +24,31 @@ from __future__ import annotations
 
 import collections
 import errno
-import hashlib
 import hmac
 import logging
 import os
+import pickle
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport, TransportNotReadyError
 
-from hraftd.raft.codec import DecodeError, decode_message, encode_message
+from hraftd.raft import codec
+from hraftd.raft.codec import encode_message
+from hraftd.raft.wire import Connection, Keys, split_address
 
 log = logging.getLogger("hraftd.raft")
 
 PROTOCOL = 1
-HANDSHAKE_FRAME_BYTES = 1024
 HANDSHAKE_SECONDS = 3.0
 MAX_PENDING = 64
-READ_BUDGET_BYTES = 1 << 20
-MAX_OUTPUT_BYTES = 256 << 20  # a peer that reads nothing while this much waits for it is dropped
-_LENGTH = struct.Struct(">I")
+MAX_GUESTS = 8
+GUEST_MESSAGES = frozenset({"append_entries", "request_vote", "hraftd_prevote", "hraftd_ping"})
+DIAL_FALLBACK_RETRIES = 3  # the lower address dials after this many retry periods without a connection
 _READ, _WRITE, _ERROR = POLL_EVENT_TYPE.READ, POLL_EVENT_TYPE.WRITE, POLL_EVENT_TYPE.ERROR
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 class _Mismatch(ValueError):
@@ -60,137 +59,6 @@ def _nonce(value: Any) -> bytes:
     if not isinstance(value, bytes) or len(value) != 32:
         raise ValueError("a nonce must be 32 bytes")
     return value
-
-
-def bind(address: str) -> socket.socket:
-    """The listening socket of the Raft port; ``OSError`` says why not (in use, not a local address)."""
-    host, port = split_address(address)
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    listener = socket.socket(info[0], socket.SOCK_STREAM)
-    try:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(info[4])
-        listener.listen(128)
-        listener.setblocking(False)
-    except OSError:
-        listener.close()
-        raise
-    return listener
-
-
-class _Keys:
-    """The secret, and what a connection derives from it."""
-
-    def __init__(self, secret: str) -> None:
-        self._auth = hmac.new(secret.encode(), b"hraftd raft auth v1", hashlib.sha256).digest()
-
-    def mac(self, role: bytes, *parts: bytes) -> bytes:
-        return hmac.new(self._auth, b"|".join((role, *parts)), hashlib.sha256).digest()
-
-    def session(self, nonce_dialer: bytes, nonce_listener: bytes) -> tuple[AESGCM, AESGCM]:
-        """(dialer -> listener, listener -> dialer) ciphers of one connection."""
-        base = self.mac(b"session", nonce_dialer, nonce_listener)
-        return (AESGCM(hmac.new(base, b"d2l", hashlib.sha256).digest()),
-                AESGCM(hmac.new(base, b"l2d", hashlib.sha256).digest()))
-
-
-class _Connection:
-    """One TCP connection: a handshake, then sealed frames both ways."""
-
-    def __init__(self, transport: RaftTransport, sock: socket.socket, dialing: Any = None) -> None:
-        self.transport = transport
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.dialing = dialing  # the member this side dialed, or None for an accepted connection
-        self.node: Any = None  # set once established
-        self.started = time.monotonic()
-        self.connecting = dialing is not None
-        self.nonce = os.urandom(32)
-        self.peer_nonce = b""
-        self.peer_address = ""
-        self.seal: AESGCM | None = None
-        self.open: AESGCM | None = None
-        self.sent = self.received = 0
-        self.inbox = bytearray()
-        self.outbox = bytearray()
-        self.mask = 0
-        self.closed = False
-
-    @property
-    def established(self) -> bool:
-        return self.node is not None
-
-    # ----- framing -----
-
-    def send_frame(self, payload: bytes) -> None:
-        if self.seal is not None:
-            payload = self.seal.encrypt(self.sent.to_bytes(12, "big"), payload, None)
-            self.sent += 1
-        self.outbox += _LENGTH.pack(len(payload))
-        self.outbox += payload
-        if len(self.outbox) > MAX_OUTPUT_BYTES:
-            self.transport.close(self, "it reads too slowly")
-            return
-        self.flush()
-
-    def flush(self) -> None:
-        try:
-            while self.outbox:
-                sent = self.sock.send(self.outbox)
-                del self.outbox[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as error:
-            self.transport.close(self, f"send failed: {error}")
-            return
-        self.transport.watch(self)
-
-    def read(self) -> None:
-        budget = READ_BUDGET_BYTES
-        while budget > 0 and not self.closed:
-            try:
-                chunk = self.sock.recv(min(budget, 1 << 18))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as error:
-                self.transport.close(self, f"receive failed: {error}")
-                return
-            if not chunk:
-                self.transport.close(self, "closed by the peer")
-                return
-            self.inbox += chunk
-            budget -= len(chunk)
-            self._deliver_frames()
-
-    def _deliver_frames(self) -> None:
-        limit = self.transport.max_frame_bytes if self.established else HANDSHAKE_FRAME_BYTES
-        start = 0
-        inbox = self.inbox
-        while not self.closed and len(inbox) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(inbox, start)
-            if length > limit:
-                self.transport.close(self, f"a frame of {length} bytes is over the limit of {limit}")
-                return
-            if len(inbox) - start - _LENGTH.size < length:
-                break
-            payload = bytes(inbox[start + _LENGTH.size:start + _LENGTH.size + length])
-            start += _LENGTH.size + length
-            if self.open is not None:
-                try:
-                    payload = self.open.decrypt(self.received.to_bytes(12, "big"), payload, None)
-                except InvalidTag:
-                    self.transport.close(self, "a frame failed authentication")
-                    return
-                self.received += 1
-            try:
-                message = decode_message(payload)
-            except DecodeError as error:
-                self.transport.close(self, str(error))
-                return
-            self.transport.on_frame(self, message)
-            limit = self.transport.max_frame_bytes if self.established else HANDSHAKE_FRAME_BYTES
-        if start and not self.closed:
-            del inbox[:start]
 
 
 class RaftTransport(Transport):
@@ -209,12 +77,13 @@ class RaftTransport(Transport):
         self._sync = syncObj
         self._poller = syncObj._poller
         self._self = selfNode
-        self._keys = _Keys(self.secret) if self.secret else None
+        self._keys = Keys(self.secret) if self.secret else None
         self._nodes: dict[str, Any] = {}
-        self._connections: dict[Any, _Connection] = {}  # member -> established or dialing connection
-        self._by_fd: dict[int, _Connection] = {}
-        self._pending: collections.OrderedDict[int, _Connection] = collections.OrderedDict()  # accepted, not yet proved
+        self._connections: dict[Any, Connection] = {}  # member -> established or dialing connection
+        self._by_fd: dict[int, Connection] = {}
+        self._pending: collections.OrderedDict[int, Connection] = collections.OrderedDict()  # accepted, not yet proved
         self._last_dial: dict[Any, float] = {}
+        self._last_connected: dict[Any, float] = {}  # member -> when a connection to it was last seen
         self._listener: socket.socket | None = self.listener
         self._poller.subscribe(self.listener.fileno(), self._on_listener, _READ | _ERROR)
         self._accept_paused_until = 0.0
@@ -242,10 +111,12 @@ class RaftTransport(Transport):
 
     def addNode(self, node: Any) -> None:
         self._nodes[node.address] = node
+        self._last_connected[node] = time.monotonic()
 
     def dropNode(self, node: Any) -> None:
         self._nodes.pop(node.address, None)
         self._last_dial.pop(node, None)
+        self._last_connected.pop(node, None)
         connection = self._connections.get(node)
         if connection is not None:
             self.close(connection, "it is no longer a member")
@@ -291,13 +162,15 @@ class RaftTransport(Transport):
                 self.close(connection, "its handshake did not finish in time")
         retry = self._sync.conf.connectionRetryTime
         for node in list(self._nodes.values()):
-            if (self._should_dial(node) and node not in self._connections
-                    and now - self._last_dial.get(node, 0.0) >= retry):
+            if node in self._connections:
+                self._last_connected[node] = now
+            elif self._should_dial(node, now, retry) and now - self._last_dial.get(node, 0.0) >= retry:
                 self._last_dial[node] = now
                 self._dial(node)
 
-    def _should_dial(self, node: Any) -> bool:
-        return self._self.address > node.address  # as PySyncObj: exactly one side of each pair dials
+    def _should_dial(self, node: Any, now: float, retry: float) -> bool:
+        return (self._self.address > node.address
+                or now - self._last_connected.get(node, now) > DIAL_FALLBACK_RETRIES * retry)
 
     def _resolve(self, address: str) -> tuple[Any, ...] | None:
         cached = self._addresses.get(address)
@@ -324,7 +197,7 @@ class RaftTransport(Transport):
         except OSError:
             sock.close()
             return
-        connection = _Connection(self, sock, dialing=node)
+        connection = Connection(self, sock, dialing=node)
         self._connections[node] = connection
         self._by_fd[connection.fd] = connection
         self.watch(connection)
@@ -351,7 +224,7 @@ class RaftTransport(Transport):
                 return  # ECONNABORTED and the like: that one connection is gone, the listener stays
             self._accept_backoff = 0.1
             self._tune(sock)
-            connection = _Connection(self, sock)
+            connection = Connection(self, sock)
             self._by_fd[connection.fd] = connection
             self._pending[connection.fd] = connection
             while len(self._pending) > MAX_PENDING:
@@ -388,13 +261,13 @@ class RaftTransport(Transport):
         if event & _READ and not connection.closed:
             connection.read()
 
-    def watch(self, connection: _Connection) -> None:
+    def watch(self, connection: Connection) -> None:
         mask = _READ | _ERROR | (_WRITE if connection.outbox or connection.connecting else 0)
         if not connection.closed and mask != connection.mask:
             connection.mask = mask
             self._poller.subscribe(connection.fd, self._on_event, mask)
 
-    def close(self, connection: _Connection, reason: str, warn: bool = False) -> None:
+    def close(self, connection: Connection, reason: str, warn: bool = False) -> None:
         if connection.closed:
             return
         connection.closed = True
@@ -419,14 +292,18 @@ class RaftTransport(Transport):
 
     # ----- the handshake -----
 
-    def _send_hello(self, connection: _Connection) -> None:
+    def _send_hello(self, connection: Connection) -> None:
         connection.send_frame(encode_message(
             {"hraftd": PROTOCOL, "from": self._self.address, "nonce": connection.nonce,
              "secret": self._keys is not None}))
 
-    def on_frame(self, connection: _Connection, message: Any) -> None:
+    def on_frame(self, connection: Connection, message: Any) -> None:
         if connection.established:
             node = connection.node
+            if node.address not in self._nodes and (not isinstance(message, dict)
+                                                    or message.get("type") not in GUEST_MESSAGES):
+                log.debug("raft: ignored a %r message from %s, not a member", type(message).__name__, node.address)
+                return
             if self.inbound is None:
                 self._onMessageReceived(node, message)
             else:
@@ -442,7 +319,7 @@ class RaftTransport(Transport):
         except (KeyError, TypeError, ValueError) as error:
             self.close(connection, f"bad handshake: {error}")
 
-    def _on_handshake_as_listener(self, connection: _Connection, message: dict[str, Any]) -> None:
+    def _on_handshake_as_listener(self, connection: Connection, message: dict[str, Any]) -> None:
         if not connection.peer_nonce:
             if message["hraftd"] != PROTOCOL:
                 raise ValueError(f"protocol {message['hraftd']!r}, this node speaks {PROTOCOL}")
@@ -458,13 +335,19 @@ class RaftTransport(Transport):
             raise _Mismatch("it does not hold this cluster's secret")
         node = self._nodes.get(connection.peer_address)
         if node is None:
-            self.close(connection, f"{connection.peer_address} is not a member")
-            return
+            if self._guests() >= MAX_GUESTS:
+                self.close(connection, f"{connection.peer_address} is not a member, and {MAX_GUESTS} non-members "
+                                       "are connected already")
+                return
+            try:
+                node = codec.node(connection.peer_address)
+            except pickle.UnpicklingError as error:
+                raise ValueError(str(error)) from None
         if self._keys is not None:
             connection.open, connection.seal = self._keys.session(connection.peer_nonce, connection.nonce)
         self._establish(connection, node)
 
-    def _on_handshake_as_dialer(self, connection: _Connection, message: dict[str, Any]) -> None:
+    def _on_handshake_as_dialer(self, connection: Connection, message: dict[str, Any]) -> None:
         node = connection.dialing
         connection.peer_address, connection.peer_nonce = node.address, _nonce(message["nonce"])
         expected = self._mac(b"listener", connection.nonce, connection.peer_nonce, self._self.address, node.address)
@@ -476,7 +359,7 @@ class RaftTransport(Transport):
             connection.seal, connection.open = self._keys.session(connection.nonce, connection.peer_nonce)
         self._establish(connection, node)
 
-    def _check_secret_use(self, connection: _Connection, peer_has_secret: Any) -> None:
+    def _check_secret_use(self, connection: Connection, peer_has_secret: Any) -> None:
         if bool(peer_has_secret) != (self._keys is not None):
             raise _Mismatch("it runs Raft with a secret and this node without one (-raft-insecure)" if peer_has_secret
                             else "it runs Raft without a secret (-raft-insecure) and this node with one")
@@ -487,7 +370,10 @@ class RaftTransport(Transport):
             return None
         return self._keys.mac(role, nonce_dialer, nonce_listener, dialer.encode(), listener.encode())
 
-    def _establish(self, connection: _Connection, node: Any) -> None:
+    def _guests(self) -> int:
+        return sum(1 for node in self._connections if node.address not in self._nodes)
+
+    def _establish(self, connection: Connection, node: Any) -> None:
         self._pending.pop(connection.fd, None)
         previous = self._connections.get(node)
         if previous is not None and previous is not connection:
