@@ -285,7 +285,7 @@ class Node:
 
     def files(self) -> dict[str, int | None]:
         sizes: dict[str, int | None] = {}
-        for name in ("raft.snapshot", "raft.journal"):
+        for name in ("raft.snapshot", "raft.log"):
             path = self.data_dir / name
             sizes[name] = path.stat().st_size if path.exists() else None
         return sizes
