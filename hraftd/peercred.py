@@ -2,8 +2,9 @@
 from another user of the same machine.
 
 The kernel lists every TCP socket with its state and its owner's uid in /proc/net/tcp and /proc/net/tcp6. The
-client's socket is the established one whose local address is the connection's remote end and whose remote
-address is the node's end (a closed socket in TIME_WAIT may hold the same local port, and belongs to root). A
+client's socket is the one whose local address is the connection's remote end and whose remote address is the
+node's end, in any state but TIME_WAIT: a socket closed a moment ago may hold the same pair of ports and is
+listed as root's. (A client that has sent its request and shut down its side is in FIN_WAIT, still its own.) A
 client on another machine has no such socket here: its owner is unknown (None).
 """
 
@@ -28,12 +29,12 @@ def _proc_address(ip: str, port: int) -> tuple[str, str] | None:
     return ("/proc/net/tcp" if address.version == 4 else "/proc/net/tcp6"), f"{words.hex().upper()}:{port:04X}"
 
 
-_ESTABLISHED = "01"
+_TIME_WAIT = "06"
 
 
 def owner_uid(client_ip: str, client_port: int, server_ip: str, server_port: int) -> int | None:
-    """The uid owning the client's end of the established connection client -> server, or None if it is not a
-    socket of this machine."""
+    """The uid owning the client's end of the live connection client -> server, or None if it is not a socket
+    of this machine."""
     client, server = _proc_address(client_ip, client_port), _proc_address(server_ip, server_port)
     if client is None or server is None:
         return None
@@ -43,7 +44,7 @@ def owner_uid(client_ip: str, client_port: int, server_ip: str, server_port: int
             next(table)
             for line in table:
                 fields = line.split()
-                if fields[1] == client[1] and fields[2] == server[1] and fields[3] == _ESTABLISHED:
+                if fields[1] == client[1] and fields[2] == server[1] and fields[3] != _TIME_WAIT:
                     return int(fields[7])
     except OSError:
         return None
