@@ -356,7 +356,7 @@ class ReplicatedKV(Mapping):
             "term": node.engine.term,
             "commit_index": node.engine.commit_index,
             "applied_index": node.engine.applied_index,
-            "leader_changes": node.leader_changes,
+            "leader_changes": node.events.leader_changes,
             "log_entries": status.get("log_entries", 0),
             "log_bytes": status.get("log_bytes", 0),
             "snapshots": node.snapshots,

@@ -12,7 +12,6 @@ state it cannot vouch for.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import contextlib
 import heapq
@@ -26,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.pipe_notifier import PipeNotifier
 
@@ -41,14 +39,15 @@ from hraftd.raft.errors import (
     StorageError,
     StorageFull,
 )
+from hraftd.raft.events import ClusterEvents, LatencyHistogram
 from hraftd.raft.journal import Journal
+from hraftd.raft.proposals import Proposal, batch_entry
 from hraftd.raft.reads import ReadIndex
 from hraftd.raft.rules import RaftRules
 from hraftd.raft.transport import RaftTransport
 from hraftd.raft.wire import bind
 
 log = logging.getLogger("hraftd.raft")
-events_log = logging.getLogger("hraftd.cluster")
 
 LOG_FILE, STATE_FILE, SNAPSHOT_FILE = "raft.log", "raft.state", "raft.snapshot"
 _NOT_APPLIED = {
@@ -73,43 +72,6 @@ class RaftOptions:
     preallocate_bytes: int = 8 << 20
 
 
-class LatencyHistogram:
-    """Counts of durations by upper bound (seconds), as Prometheus histograms want them; the last is +inf."""
-
-    BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, float("inf"))
-
-    def __init__(self) -> None:
-        self.counts = [0] * len(self.BOUNDS)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.BOUNDS, seconds)] += 1
-        self.sum += seconds
-
-
-class _Proposal:
-    __slots__ = ("deadline", "done", "encoded", "finished", "submitted")
-
-    def __init__(self, encoded: bytes, done: Callable[[Any, RaftError | None], None], deadline: float) -> None:
-        self.encoded = encoded
-        self.done = done
-        self.deadline = deadline
-        self.submitted = False
-        self.finished = False
-
-    def finish(self, result: Any, error: RaftError | None) -> None:
-        if not self.finished:
-            self.finished = True
-            self.done(result, error)
-
-
-def _batch(log_time: float, encoded: list[bytes]) -> bytes:
-    """A log entry, ``codec.encode_command(log_time, commands)``, from commands already encoded one by one."""
-    count = len(encoded)
-    header = bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
-    return b"\x92" + msgpack.packb(log_time) + header + b"".join(encoded)
-
-
 class RaftNode:
     def __init__(self, address: str, peers: list[str], data_dir: Path, state: Any, options: RaftOptions,
                  on_applied: Callable[[list[Any], int], None] = lambda applied, revision: None,
@@ -122,7 +84,6 @@ class RaftNode:
         self.options = options
         self.data_dir = Path(data_dir)
         self.failure: RaftError | None = None
-        self.events: collections.deque[tuple[float, str]] = collections.deque(maxlen=100)
         self._snapshot_path = str(self.data_dir / SNAPSHOT_FILE)
         snapshot = codec.read_snapshot_file(self._snapshot_path)
         self.journal = Journal(str(self.data_dir / LOG_FILE), str(self.data_dir / STATE_FILE), self._snapshot_path,
@@ -163,19 +124,15 @@ class RaftNode:
         self.transport.inbound = self._inbound
         self.transport.outbound = self.rules.outbound
         self._notifier = PipeNotifier(self.sync._poller)
-        self._proposals: collections.deque[_Proposal] = collections.deque()
-        self._deadlines: list[tuple[float, int, _Proposal]] = []
+        self._proposals: collections.deque[Proposal] = collections.deque()
+        self._deadlines: list[tuple[float, int, Proposal]] = []
         self._serial = itertools.count()
         self._tasks: collections.deque[Callable[[], None]] = collections.deque()
         self._transferring_until = 0.0
         self._stopping = False
         self._on_failure = on_failure
-        self._last_leader: Any = None
-        self._last_voters: frozenset[str] | None = None
-        self._had_quorum: bool | None = None
-        self._caught_up = False
+        self.events = ClusterEvents(self.address)
         self._last_compaction_check = 0.0
-        self.leader_changes = 0
         self.status = self._status()
         self._thread = threading.Thread(target=self._run, name=f"hraftd-raft-{address}", daemon=True)
         self._thread.start()
@@ -211,7 +168,7 @@ class RaftNode:
         encoded = codec.encode_plain(command)
         if len(encoded) > self.options.max_entry_bytes:
             raise ValueError(f"{len(encoded)} bytes; a write may take at most {self.options.max_entry_bytes}")
-        self._proposals.append(_Proposal(encoded, done, time.monotonic() + timeout))
+        self._proposals.append(Proposal(encoded, done, time.monotonic() + timeout))
         self._wake()
 
     def read_index(self, done: Callable[[Exception | None], None], timeout: float) -> None:
@@ -333,7 +290,7 @@ class RaftNode:
             while self._proposals:
                 self._proposals.popleft().finish(None, error)
             return False
-        batch: list[_Proposal] = []
+        batch: list[Proposal] = []
         size = 0
         while self._proposals and len(batch) < _MAX_BATCH:
             proposal = self._proposals[0]
@@ -359,7 +316,7 @@ class RaftNode:
                 for proposal in batch:
                     proposal.finish(None, failure)
 
-        self.machine.apply_batch(_batch(time.time(), [p.encoded for p in batch]), callback=applied)
+        self.machine.apply_batch(batch_entry(time.time(), [p.encoded for p in batch]), callback=applied)
         return True
 
     def _error(self, code: int, what: str) -> RaftError:
@@ -409,37 +366,10 @@ class RaftNode:
             self.snapshot_seconds += time.monotonic() - self._snapshot_started
             self._snapshot_started = None
 
-    def _event(self, message: str) -> None:
-        self.events.append((time.time(), message))
-        events_log.info("%s", message)
-
     def _observe(self) -> None:
         engine, sync = self.engine, self.sync
-        leader = engine.leader
-        if leader != self._last_leader:
-            self._last_leader = leader
-            self.leader_changes += 1
-            if leader is None:
-                self._event(f"no leader: an election is under way (term {engine.term})")
-            else:
-                self._event(f"{leader.address} is the leader (term {engine.term})"
-                            + (", this node" if leader.address == self.address else ""))
-        voters = frozenset(node.address for node in engine.voters)
-        if voters != self._last_voters:
-            if self._last_voters is not None:
-                for added in sorted(voters - self._last_voters):
-                    self._event(f"member added: {added}")
-                for removed in sorted(self._last_voters - voters):
-                    self._event(f"member removed: {removed}")
-            self._last_voters = voters
-        quorum = sync.hasQuorum
-        if quorum != self._had_quorum:
-            if self._had_quorum is not None:
-                self._event("quorum regained" if quorum else "quorum lost: this node reaches too few members")
-            self._had_quorum = quorum
-        if not self._caught_up and sync.isReady():
-            self._caught_up = True
-            self._event(f"caught up with the leader at index {engine.applied_index}")
+        self.events.observe(engine.leader, engine.term, frozenset(node.address for node in engine.voters),
+                            sync.hasQuorum, sync.isReady(), engine.applied_index)
         if self.journal.size_bytes > self.options.compact_log_bytes:
             sync.forceLogCompaction()  # a flag: PySyncObj starts one snapshot when none is running
         now = time.monotonic()
