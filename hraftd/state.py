@@ -213,7 +213,8 @@ class KVState:
             events.extend(removed)
             return {"deleted": len(removed)}
         if "get" in operation:
-            return self.get(operation["get"]) or {"key": operation["get"], "found": False}
+            item = self.get(operation["get"])
+            return {"found": True, **item} if item else {"key": operation["get"], "found": False}
         bounds = operation["range"]
         items, more = self.range(bounds.get("prefix", ""), limit=bounds.get("limit"))
         return {"items": items, "more": more}
