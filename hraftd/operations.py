@@ -12,27 +12,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from hraftd.commands import BadCommand, check_compare, check_items, check_key, check_operation, check_prefix
+from hraftd.entries import Entry, Page
 from hraftd.state import KVState
-
-
-class Entry(NamedTuple):
-    """One key of a range. ``value`` is None in a range of keys only."""
-
-    key: str
-    value: Any
-    mod_revision: int
-
-
-class Page(NamedTuple):
-    """One consistent view of part of a range: the data's ``revision`` then, the entries in key order, and
-    whether more keys of the range follow the last one."""
-
-    revision: int
-    items: list[Entry]
-    more: bool
 
 
 def _checked(check: Callable[..., Any], *args: Any) -> Any:
