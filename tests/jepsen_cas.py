@@ -65,7 +65,8 @@ class CasReport:
                  f"{sum(txn.outcome == UNKNOWN for txn in self.ledger)} unknown",
                  f"faults: {[fault.name for fault in self.faults]}",
                  f"checker: {self.result.explain()}",
-                 f"ledger: {'; '.join(self.ledger_problems) or 'every transaction applied once or not at all'}"]
+                 f"ledger: {'; '.join(self.ledger_problems[:5]) or 'every transaction applied once or not at all'}"
+                 + (f" (and {len(self.ledger_problems) - 5} more)" if len(self.ledger_problems) > 5 else "")]
         return "\n".join(lines)
 
 

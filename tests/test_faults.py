@@ -113,11 +113,11 @@ def test_cas_and_txn_history_under_faults_is_linearizable_and_no_txn_is_lost_or_
     print(summary)
     assert not report.nemesis_errors, f"the nemesis failed: {report.nemesis_errors}\n{summary}"
     assert report.faults, f"no fault was injected\n{summary}"
+    assert report.result.ok, summary
+    assert not report.ledger_problems, summary
     assert sum(op.kind == jepsen_cas.CAS and op.succeeded for op in report.history) > 10, summary
     assert sum(op.kind == jepsen_cas.CAS and op.succeeded is False for op in report.history) > 0, summary
     assert sum(txn.succeeded is True for txn in report.ledger) > 10, summary
-    assert report.result.ok, summary
-    assert not report.ledger_problems, summary
 
 
 @needs_partitions
