@@ -71,8 +71,8 @@ def test_the_counter_ends_exact_with_5_processes_while_the_leader_is_killed_twic
             killed = []
             for threshold in (100, 300):
                 wait_for(lambda threshold=threshold: counted() >= threshold, 120, f"the counter to reach {threshold}")
-                running = sum(process.poll() is None for process in processes)
-                killed.append((kill_leader(cluster, nodes).name, counted(), running))
+                running, reached = sum(process.poll() is None for process in processes), counted()
+                killed.append((kill_leader(cluster, nodes).name, reached, running))
                 assert running == 5, f"the increments ended before the leader was killed: {killed}"
             for process in processes:
                 _, errors = process.communicate(timeout=240)
