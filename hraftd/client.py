@@ -124,6 +124,8 @@ class Client:
         while left is None or left > 0:
             page = self.page(prefix, start_after=start_after, limit=min(left or _PAGE_SIZE, _PAGE_SIZE),
                              keys_only=keys_only, level=level)
+            if page.items and start_after is not None and page.items[0].key <= start_after:
+                raise ClientError(200, "bad_page", f"a page after {start_after!r} began at {page.items[0].key!r}")
             yield from page.items
             if not page.more or not page.items:
                 return
