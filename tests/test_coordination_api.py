@@ -223,6 +223,18 @@ def test_get_keys_pages_in_key_order(nodes):
     assert requests.get(url(a, "/keys?prefix=range/&start_after=range/9"), timeout=15).json()["items"] == []
 
 
+def test_a_range_on_a_follower_reflects_every_write_acknowledged_before_it(nodes):
+    leader = next(node for node in nodes if node.status()["role"] == "leader")
+    follower = next(node for node in nodes if node is not leader)
+    with requests.Session() as writes, requests.Session() as reads:
+        for i in range(40):
+            written = writes.post(url(leader, "/key"), json={f"fresh/{i:02d}": i}, timeout=15).json()["revision"]
+            page = reads.get(url(follower, "/keys?prefix=fresh/"), timeout=15).json()
+            assert page["revision"] >= written and len(page["items"]) == i + 1, (i, page["revision"], written)
+            counted = reads.get(url(follower, "/keys?prefix=fresh/&count_only=true"), timeout=15).json()
+            assert counted["count"] == i + 1
+
+
 def test_get_keys_orders_keys_by_their_utf8_bytes(nodes):
     a = nodes[0]
     keys = ["utf/a", "utf/z", "utf/\u00e9", "utf/\u4e2d", "utf/\U0001f600", "utf/A", "utf/~"]
