@@ -32,6 +32,7 @@ __all__ = ["AsyncClient", "Client", "ClientError", "Entry", "OutcomeUnknown", "P
            "Unavailable"]
 _PAGE_SIZE = 1000  # keys per request when iterating over a range (the server's largest page)
 _BACKOFF = (0.05, 1.0)  # the first and the longest pause once every node has failed in a row
+_WRITES = frozenset({"set", "delete", "delete_prefix"})  # the operations of a transaction that change data
 
 
 class ClientError(HraftdError):
@@ -193,6 +194,9 @@ class Client:
         """If every compare holds run ``success``, else ``failure``, atomically (api.md#post-txn); returns
         ``{"succeeded", "revision", "results"}``."""
         body = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        if idempotency_key is None and not any(_WRITES & operation.keys() for operation in body["success"] +
+                                               body["failure"] if isinstance(operation, dict)):
+            return self._call("POST", "/txn", body, changes=False)  # reads only: nothing to apply twice
         return self._write("POST", "/txn", body, idempotency_key)
 
     # ----- the cluster -----
@@ -235,8 +239,11 @@ class Client:
     def _write(self, method: str, path: str, body: Any, idempotency_key: str | None) -> Any:
         return self._call(method, path, body, idempotency_key or uuid.uuid4().hex)
 
-    def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None) -> Any:
-        """The answer of the first node that gives a definite one, trying until the deadline."""
+    def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None, *,
+              changes: bool | None = None) -> Any:
+        """The answer of the first node that gives a definite one, trying until the deadline. ``changes``: the
+        request may change the data (by default, any but a GET), so an attempt without an answer may have."""
+        changes = method != "GET" if changes is None else changes
         started = time.monotonic()
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -253,7 +260,7 @@ class Client:
             except ExchangeFailed as failure:
                 if isinstance(failure.__cause__, ssl.SSLCertVerificationError):
                     raise Unavailable(None, "unavailable", str(failure)) from failure.__cause__
-                maybe_applied |= failure.sent and method != "GET"
+                maybe_applied |= failure.sent and changes
                 last: ClientError = Unavailable(None, "unavailable", str(failure))
                 last.__cause__ = failure.__cause__
             else:
@@ -263,7 +270,7 @@ class Client:
                 last = _error(status, answer_headers.get("Content-Type", ""), answer, endpoint)
                 if status not in (503, 504):
                     raise last
-                maybe_applied |= status == 504
+                maybe_applied |= status == 504 and changes
             failures_in_a_row += 1
             self._fail_over(endpoint)
             if time.monotonic() - started >= self.deadline:
