@@ -5,7 +5,7 @@ import re
 import socket
 
 import pytest
-from nodes import free_port
+from nodes import free_port, wait_for
 from test_security import self_signed_certificate
 
 WAITING_WOULD_TAKE = "60"  # -join-timeout: a join that fails fast exits long before it
@@ -17,6 +17,21 @@ def joiner_log(cluster, target_addr: str, *extra: str, timeout: str = WAITING_WO
     node.start(None, "-join", target_addr, "-join-timeout", timeout, *extra)
     assert node.process.wait(45) == 3, node.log()
     return node.log()
+
+
+def listening(node):
+    """``node`` once its HTTP port takes connections (an HTTPS node's /status cannot be polled over HTTP)."""
+    host, port = node.http_addr.rsplit(":", 1)
+
+    def connects() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(connects, 30, f"{node.name} to listen")
+    return node
 
 
 def attempts(log: str) -> list[int]:
@@ -66,7 +81,7 @@ def certificate(tmp_path):
 
 def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate):
     cert, key = certificate
-    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
+    member = listening(cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert))
     log = joiner_log(cluster, member.http_addr, "-tls-cert", cert, "-tls-key", key)  # no -tls-ca
     assert f"the certificate of {member.http_addr} does not verify (self-signed certificate)" in log
     assert "give the CA that signed it with -tls-ca" in log
@@ -75,7 +90,7 @@ def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate)
 
 def test_plain_http_to_an_https_member(cluster, certificate):
     cert, key = certificate
-    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
+    member = listening(cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert))
     log = joiner_log(cluster, member.http_addr)
     assert f"{member.http_addr} serves HTTPS, and this node talks plain HTTP: give it -tls-cert and -tls-key" in log
     assert not attempts(log)
