@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import requests
 from appclient import AppClient
+from test_openapi import FakeStore
 
 from hraftd.app import build_app
 from hraftd.auth import TokenFile
@@ -324,10 +325,10 @@ def test_a_bad_idempotency_key_is_refused(nodes, key):
 # ----- roles -----
 
 
-def test_ranges_need_read_and_txns_and_prefix_deletes_need_write(kv, tmp_path):
+def test_ranges_need_read_and_txns_and_prefix_deletes_need_write(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("read r-0123456789abcdef\nwrite w-0123456789abcdef\n")
-    client = AppClient(build_app(kv, tokens=TokenFile(tokens)))
+    client = AppClient(build_app(FakeStore(), tokens=TokenFile(tokens)))  # tokens are checked before the store
     try:
         read, write = ({"Authorization": f"Bearer {role}-0123456789abcdef"} for role in ("r", "w"))
         assert client.get("/keys", headers=read).status_code == 200
