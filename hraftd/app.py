@@ -1,10 +1,10 @@
 """The HTTP app of a node: every request the server has read whole comes here, and leaves with one answer.
 
-The hot requests (``hraftd.keys``) run as coroutines on the worker's event loop. Every other request goes to
-the Flask app (``hraftd.web``) on a small thread pool; when more than ``max_pending`` requests already wait
-for a thread, the next is answered ``503 busy`` at once. Whoever answered, this is where the node's headers
-(``X-Hraftd-Node``, ``X-Raft-Index``), the error documents of the server's own refusals and the request metrics
-are added, once for all.
+The hot requests (``hraftd.keys``: ``/key``, ``/keys``, ``/txn``) run as coroutines on the worker's event
+loop. Every other request goes to the Flask app (``hraftd.web``) on a small thread pool; when more than
+``max_pending`` requests already wait for a thread, the next is answered ``503 busy`` at once. Whoever
+answered, this is where the node's headers (``X-Hraftd-Node``, ``X-Raft-Index``), the error documents of the
+server's own refusals and the request metrics are added, once for all.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from hraftd import peercred, web
 from hraftd.errors import HraftdError
 from hraftd.keys import KeyHandlers
 from hraftd.metrics import NodeMetrics
-from hraftd.protocol import BadRequest, error_document, internal_error_message, status_of
+from hraftd.protocol import BadRequest, error_details, error_document, internal_error_message, status_of
 from hraftd.request import Request, Response
 from hraftd.settings import Limits
 from hraftd.web import ENDPOINT_KEY, ROUTE_KEY
@@ -35,7 +35,7 @@ _END = object()
 def build_app(store: Any, *, limits: Limits | None = None, tokens: Any = None, peer_tls: ssl.SSLContext | None = None,
               threads: int = 16, max_pending: int = 64, io_timeout: float = 10.0,
               operator: Callable[[str, int, str, int], bool] = peercred.is_operator) -> NodeApp:
-    """The app of a node over ``store``, with the Flask app of the requests that are not ``/key``.
+    """The app of a node over ``store``, with the Flask app of the requests that are not hot.
     ``operator``: who may change membership without tokens (``web.create_app``)."""
     metrics = NodeMetrics(store)
     flask_app = web.create_app(store, metrics=metrics, tokens=tokens, peer_tls=peer_tls, operator=operator)
@@ -72,7 +72,7 @@ class NodeApp:
         except BadRequest as error:
             response = self._error(error.status, error.code, str(error))
         except HraftdError as error:
-            response = self._error(status_of(error), error.code, str(error))
+            response = self._error(status_of(error), error.code, str(error), error_details(error))
         except Exception:
             response = self._error(500, "internal", internal_error_message(request.method, request.path))
         if native is not None:
@@ -108,8 +108,8 @@ class NodeApp:
             return response
         return await handler(request, parameters)
 
-    def _error(self, status: int, code: str, message: str) -> Response:
-        body, headers = error_document(status, code, message)
+    def _error(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
+        body, headers = error_document(status, code, message, details)
         return Response(status, body, headers)
 
     def _finish(self, method: str, response: Response, started: float) -> Response:

@@ -88,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("max-key-bytes", type=count, default=defaults.max_key_bytes, metavar="BYTES",
            help=f"longest key, in UTF-8 bytes (default {defaults.max_key_bytes})")
     option("max-keys-per-write", type=count, default=defaults.max_keys_per_write, metavar="N",
-           help=f"most keys in one POST /key (default {defaults.max_keys_per_write})")
+           help=f"most keys in one POST /key, and most compares, operations and keys set in one POST /txn "
+                f"(default {defaults.max_keys_per_write})")
     option("max-value-bytes", type=count, default=defaults.max_value_bytes, metavar="BYTES",
            help=f"largest value, as JSON (default {defaults.max_value_bytes})")
     option("raft-secret-file", type=Path, metavar="FILE",

@@ -21,6 +21,17 @@ class OutcomeUnknownError(HraftdError):
     code = "outcome_unknown"
 
 
+class PreconditionFailedError(HraftdError):
+    """A conditional write found the key at another revision: NOT applied. ``current_revision`` is the key's
+    ``mod_revision`` when the write was applied to the log (0: the key was absent)."""
+
+    code = "precondition_failed"
+
+    def __init__(self, message: str, current_revision: int) -> None:
+        super().__init__(message)
+        self.current_revision = current_revision
+
+
 class NotLeaderError(HraftdError):
     """A membership change must run on the leader; ``leader_http_addr`` says where that is (or None)."""
 

@@ -10,6 +10,7 @@ from hraftd.errors import (
     HraftdError,
     InsufficientStorageError,
     OutcomeUnknownError,
+    PreconditionFailedError,
     StorageFailedError,
     UnavailableError,
 )
@@ -34,6 +35,11 @@ def refusal(result: Any) -> HraftdError | None:
     """The error for a result in which the state machine refused the command, or None."""
     if not isinstance(result, dict) or "error" not in result:
         return None
+    if result["error"] == "precondition_failed":
+        current = result["current_revision"]
+        return PreconditionFailedError(f"the key's mod_revision is {current}"
+                                       f"{' (absent)' if current == 0 else ''}, not the one the write expected; "
+                                       "nothing was written", current)
     return HraftdError(f"{result['error']}: {result.get('message', '')}".rstrip(": "))
 
 

@@ -23,6 +23,7 @@ from hraftd.errors import (
     MembershipConflictError,
     NotLeaderError,
     OutcomeUnknownError,
+    PreconditionFailedError,
     UnavailableError,
     UnknownMemberError,
     WrongSecretError,
@@ -39,6 +40,7 @@ _STATUS_OF = {
     InsufficientStorageError: 507,
     NotLeaderError: 503,
     OutcomeUnknownError: 504,
+    PreconditionFailedError: 412,
     UnknownMemberError: 404,
     MembershipConflictError: 409,
     WrongSecretError: 403,
@@ -49,18 +51,34 @@ _STATUS_OF = {
 # matches no endpoint needs "read", so that a stranger learns nothing of which paths exist.
 ROLE_OF_ENDPOINT = {
     "get_key": "read",
+    "list_keys": "read",
     "status": "read",
     "metrics": "read",
     "backup": "read",
     "set_keys": "write",
     "delete_key": "write",
+    "delete_keys": "write",
+    "txn": "write",
     "join": "admin",
     "join_secret": "admin",
     "remove": "admin",
     "ui.cluster": "read",
 }
 # The query parameters each endpoint accepts; any other is refused rather than silently ignored.
-PARAMETERS_OF_ENDPOINT = {"get_key": frozenset({"level"})}
+PARAMETERS_OF_ENDPOINT = {
+    "get_key": frozenset({"level", "meta"}),
+    "set_keys": frozenset({"if_revision"}),
+    "delete_key": frozenset({"if_revision"}),
+    "list_keys": frozenset({"prefix", "start_after", "limit", "keys_only", "count_only", "level"}),
+    "delete_keys": frozenset({"prefix"}),
+}
+# A range answers at most this many keys (a page), DEFAULT_PAGE_SIZE unless asked; and stops early once its
+# items take PAGE_BYTES of JSON, so that no answer grows with the store.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+PAGE_BYTES = 4 * 1024 * 1024
+MAX_REVISION = 2**63 - 1
+_IDEMPOTENCY_KEY_CHARACTERS = frozenset(map(chr, range(0x21, 0x7F)))
 
 
 class BadRequest(Exception):
@@ -108,18 +126,88 @@ def read_level(value: str | None) -> str:
     return value
 
 
+def boolean(parameters: dict[str, str], name: str) -> bool:
+    """A ``true``/``false`` query parameter (false when absent)."""
+    value = parameters.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise BadRequest(f"{name} must be true or false, not {value[:100]!r}", "bad_parameter")
+
+
+def revision(value: str | None, name: str = "if_revision") -> int | None:
+    """A revision in a query parameter: a whole number from 0 (the key is absent) to 2**63-1."""
+    if value is None:
+        return None
+    number = _whole_number(value, 19)
+    if number is None or number > MAX_REVISION:
+        raise BadRequest(f"{name} must be a revision: a whole number from 0 to {MAX_REVISION}, not {value[:100]!r}",
+                         "bad_revision")
+    return number
+
+
+def page_size(value: str | None) -> int:
+    """The ``limit`` of a range: 1 to MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE when absent."""
+    if value is None:
+        return DEFAULT_PAGE_SIZE
+    number = _whole_number(value, 6)
+    if number is None or not 1 <= number <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value[:100]!r}",
+                         "bad_parameter")
+    return number
+
+
+def _whole_number(text: str, max_digits: int) -> int | None:
+    """The number that ASCII digits spell, if it has at most ``max_digits`` significant ones; else None."""
+    significant = text.lstrip("0")
+    if not text.isascii() or not text.isdigit() or len(significant) > max_digits:
+        return None
+    return int(significant or "0")
+
+
+def key_parameter(parameters: dict[str, str], name: str, limits: Limits) -> str | None:
+    """A query parameter that holds a key or a prefix of keys, checked like a key; None when absent or empty."""
+    value = parameters.get(name)
+    if not value:
+        return None
+    try:
+        check_key(value, limits)
+    except BadRequest as error:
+        raise BadRequest(f"{name}: {error}", error.code) from None
+    return value
+
+
+def idempotency_key(value: str) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 visible ASCII characters; None when absent."""
+    if not value:
+        return None
+    if len(value) > 255 or not _IDEMPOTENCY_KEY_CHARACTERS.issuperset(value):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces), such as a UUID",
+                         "bad_idempotency_key")
+    return value
+
+
 def status_of(error: HraftdError) -> int:
     return next((status for kind, status in _STATUS_OF.items() if isinstance(error, kind)), 500)
 
 
-def error_document(status: int, code: str, message: str) -> tuple[bytes, list[tuple[str, str]]]:
-    """The body and the extra headers of an error answer."""
+def error_document(status: int, code: str, message: str,
+                   details: dict[str, Any] | None = None) -> tuple[bytes, list[tuple[str, str]]]:
+    """The body and the extra headers of an error answer; ``details`` are more fields of the body."""
     headers = []
     if status == 503:
         headers.append(("Retry-After", "1"))
     if status == 401:
         headers.append(("WWW-Authenticate", 'Bearer realm="hraftd"'))
-    return json_body({"error": message, "code": code}), headers
+    return json_body({"error": message, "code": code, **(details or {})}), headers
+
+
+def error_details(error: HraftdError) -> dict[str, Any] | None:
+    """The fields an error answer has beyond ``error`` and ``code``."""
+    if isinstance(error, PreconditionFailedError):
+        return {"current_revision": error.current_revision}
+    return None
 
 
 def internal_error_message(method: str, path: str) -> str:
@@ -176,7 +264,7 @@ def check_write(items: dict[str, Any], limits: Limits) -> None:
         raise BadRequest(f"{len(items)} keys in one write; the limit is {limits.max_keys_per_write}", "too_many_keys")
     for key, value in items.items():
         check_key(key, limits)
-        _check_value(key, value, limits)
+        check_value(key, value, limits)
 
 
 def check_key(key: str, limits: Limits, status: int = 400) -> None:
@@ -205,7 +293,7 @@ def path_key(path: str, limits: Limits) -> str:
     return key
 
 
-def _check_value(key: str, value: Any, limits: Limits) -> None:
+def check_value(key: str, value: Any, limits: Limits) -> None:
     if _depth(value, limits.max_depth) > limits.max_depth:
         raise BadRequest(f"the value of {key[:100]!r} is nested deeper than {limits.max_depth}", "value_too_deep")
     if isinstance(value, str) and 6 * len(value) + 2 <= limits.max_value_bytes:

@@ -18,7 +18,6 @@ import socket
 import ssl
 import threading
 import time
-import urllib.error
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
 
 
 def _client(addr: str, settings: NodeSettings, peer_tls: ssl.SSLContext | None, timeout: float) -> Client:
-    return Client(addr, timeout=timeout, token=settings.auth_token, ssl_context=peer_tls)
+    return Client(addr, timeout=timeout, deadline=0, token=settings.auth_token, ssl_context=peer_tls)
 
 
 def _cluster_to_join(join: str, deadline: float, settings: NodeSettings, peer_tls: ssl.SSLContext | None,
@@ -118,7 +117,7 @@ def _check_same_cluster(settings: NodeSettings, join: str, peer_tls: ssl.SSLCont
     identity = datadir.read_identity(settings.data_dir)
     try:
         theirs = _client(join, settings, peer_tls, _ATTEMPT_TIMEOUT).status()["cluster_id"]
-    except (ClientError, OSError, http.client.HTTPException, KeyError, ValueError):
+    except (ClientError, KeyError, ValueError):
         return
     if identity is not None and theirs != identity.cluster_id:
         raise StartupError(f"{settings.data_dir} holds a member of another cluster ({identity.cluster_id}) than "
@@ -212,15 +211,16 @@ def _retry(action: Callable[[float], Any], deadline: float, what: str, addr: str
         try:
             return action(min(remaining, attempt_timeout or remaining))
         except ClientError as error:
-            if error.status < 500:
+            cause = error.__cause__
+            if isinstance(cause, (OSError, http.client.HTTPException)):  # no answer: why not?
+                lasting = _lasting_failure(cause, addr, tls)
+                if lasting:
+                    raise StartupError(f"cannot {what}: {lasting}") from None
+                reason = _describe(cause, addr)
+            elif error.status is not None and error.status < 500:
                 raise StartupError(f"cannot {what}: {error.message}") from None
-            reason = f"{error.status} {error.code}: {error.message}"
-        except (OSError, http.client.HTTPException) as error:
-            cause = error.reason if isinstance(error, urllib.error.URLError) else error
-            lasting = _lasting_failure(cause, addr, tls)
-            if lasting:
-                raise StartupError(f"cannot {what}: {lasting}") from None
-            reason = _describe(cause, addr)
+            else:
+                reason = f"{error.status} {error.code}: {error.message}"
         if time.monotonic() + delay > deadline:
             raise StartupError(f"cannot {what} in time (-join-timeout); the last attempt failed: {reason}")
         log.info("cannot %s yet (attempt %d): %s; trying again in %.1f s", what, attempt, reason, delay)

@@ -213,7 +213,9 @@ class KVState:
             events.extend(removed)
             return {"deleted": len(removed)}
         if "get" in operation:
-            return self.get(operation["get"]) or {"key": operation["get"], "found": False}
+            key = operation["get"]
+            item = self.get(key)
+            return {"key": key, "found": True, **item} if item else {"key": key, "found": False}
         bounds = operation["range"]
         items, more = self.range(bounds.get("prefix", ""), limit=bounds.get("limit"))
         return {"items": items, "more": more}

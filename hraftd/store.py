@@ -7,17 +7,17 @@ disk after a storage failure. The HTTP server is one user of it; a Python progra
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from hraftd import datadir
 from hraftd.errors import ClosedError, DataDirError, HraftdError, UnavailableError
 from hraftd.membership import Membership, join_proof
+from hraftd.operations import Entry, KVOperations, Page
 from hraftd.outcome import Waiter, refusal, translate
 from hraftd.raft import DamagedFile, IncompatibleEngine, RaftError, RaftNode, RaftOptions
 from hraftd.raft import StorageError as RaftStorageError
@@ -32,10 +32,10 @@ _READY_LAG = 1000  # applied entries may trail the known commit index by this mu
 _REOPEN_INTERVAL = 1.0
 
 Done = Callable[[Any, HraftdError | None], None]
-__all__ = ["LINEARIZABLE", "READ_LEVELS", "STALE", "ReplicatedKV", "join_proof"]
+__all__ = ["LINEARIZABLE", "READ_LEVELS", "STALE", "Entry", "Page", "ReplicatedKV", "join_proof"]
 
 
-class ReplicatedKV(Mapping):
+class ReplicatedKV(KVOperations):
     """A dict whose contents are agreed by a Raft cluster; any node reads and writes.
 
     ``self_addr`` is this node's raft ``host:port`` (it binds only that host); ``peers`` are the raft addresses
@@ -48,7 +48,8 @@ class ReplicatedKV(Mapping):
     alone makes its own (kept in ``data_dir``); a node with peers must be given one, or ``insecure=True``.
     ``compact_log_bytes``: take a snapshot once the log holds this many bytes (memory and disk stay bounded).
     Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError` (may or may not be applied),
-    :class:`InsufficientStorageError` (not applied), :class:`ClosedError` after ``close``.
+    :class:`PreconditionFailedError` and :class:`InsufficientStorageError` (not applied), :class:`ClosedError`
+    after ``close``.
     """
 
     def __init__(
@@ -224,50 +225,6 @@ class ReplicatedKV(Mapping):
         with machine.lock:
             return read(machine.state)
 
-    def read(self, key: str, *, level: str = LINEARIZABLE) -> Any:
-        """A copy of the value of ``key``; ``KeyError`` if it is missing."""
-        self.sync_reads(level)
-        # A copy: changing the node's own object would change this node's state without replicating it.
-        return copy.deepcopy(self._local(lambda state: state.value(key)))
-
-    def read_item(self, key: str) -> dict[str, Any] | None:
-        """The key's value and revisions from local state, without waiting and without a copy (read-only)."""
-        return self._local(lambda state: state.get(key))
-
-    def snapshot(self, *, level: str = LINEARIZABLE) -> dict[str, Any]:
-        """A consistent deep copy of the whole dict."""
-        self.sync_reads(level)
-        return copy.deepcopy(self._local(lambda state: dict(state.items())))
-
-    def get(self, key: str, default: Any = None, *, level: str = LINEARIZABLE) -> Any:
-        try:
-            return self.read(key, level=level)
-        except KeyError:
-            return default
-
-    def __getitem__(self, key: str) -> Any:
-        return self.read(key)
-
-    def __contains__(self, key: object) -> bool:
-        self.sync_reads()
-        return self._local(lambda state: key in state)
-
-    def __len__(self) -> int:
-        self.sync_reads()
-        return self._local(len)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.snapshot())
-
-    def keys(self):  # type: ignore[override]
-        return self.snapshot().keys()
-
-    def items(self):  # type: ignore[override]
-        return self.snapshot().items()
-
-    def values(self):  # type: ignore[override]
-        return self.snapshot().values()
-
     # ----- writes -----
 
     def submit(self, command: dict[str, Any], done: Done) -> None:
@@ -288,36 +245,6 @@ class ReplicatedKV(Mapping):
         wait = Waiter()
         self.submit(command, wait.done)
         return wait.wait(self.timeout)
-
-    def update(self, items: Mapping[str, Any] | Iterable[tuple[str, Any]] = (), /, **kwargs: Any) -> int:
-        """Write all the pairs in one Raft entry: all or none. Returns the data's new revision."""
-        batch = dict(items, **kwargs)
-        if not batch:
-            raise ValueError("nothing to write")
-        if not all(isinstance(key, str) and key for key in batch):
-            raise ValueError("keys must be non-empty strings")
-        return self.execute({"op": "put", "items": batch})["revision"]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self.update({key: value})
-
-    def delete(self, key: str) -> bool:
-        """Delete ``key``; returns whether it existed when the deletion was applied."""
-        return self.execute({"op": "delete", "key": key})["deleted"]
-
-    def __delitem__(self, key: str) -> None:
-        if not self.delete(key):
-            raise KeyError(key)
-
-    def write_async(self, items: dict[str, Any], done: Done) -> None:
-        """Like ``update``: ``done(revision, None)`` once applied here, or ``done(None, error)``."""
-        self.submit({"op": "put", "items": items},
-                    lambda result, error: done(None if error else result["revision"], error))
-
-    def delete_async(self, key: str, done: Done) -> None:
-        """Like ``delete``: ``done((existed, revision), None)`` once applied here, or ``done(None, error)``."""
-        self.submit({"op": "delete", "key": key},
-                    lambda result, error: done(None if error else (result["deleted"], result["revision"]), error))
 
     # ----- the node -----
 

@@ -1,10 +1,11 @@
 """The HTTP API apart from the hot requests: a Flask app factory with thin handlers over the store.
 
 Membership, status, health, metrics and backup are answered here, on a thread of the app's pool
-(``hraftd.app``); ``/key`` requests never reach Flask (``hraftd.keys``). Handlers parse and validate, call the
-store, and leave every error to the handlers registered once in ``create_app``; who may call what and which
-query parameters are taken are ``hraftd.protocol``'s rules, shared with the hot requests. The app needs only
-the small ``Store`` interface below, so it is read and tested apart.
+(``hraftd.app``); the hot requests (``/key``, ``/keys``, ``/txn``) never reach Flask (``hraftd.keys``).
+Handlers parse and validate, call the store, and leave every error to the handlers registered once in
+``create_app``; who may call what and which query parameters are taken are ``hraftd.protocol``'s rules,
+shared with the hot requests. The app needs only the small ``Store`` interface below, so it is read and
+tested apart.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def create_app(
     peer_tls: ssl.SSLContext | None = None,
     operator: Callable[[str, int, str, int], bool] = peercred.is_operator,
 ) -> Flask:
-    """The API of one node but ``/key``. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak
+    """The API of one node but the hot requests. ``tokens``: require bearer tokens. ``peer_tls``: other nodes speak
     HTTPS. ``operator``: whether the client of a connection (client ip, port, the node's ip, port) is this
     node's operator, who may change membership without tokens. The body of a request must be in
     ``wsgi.input`` whole (the node's HTTP server reads it)."""

@@ -1,4 +1,5 @@
-"""A linearizability checker for histories of per-key registers (read, write, delete), Knossos/Porcupine style.
+"""A linearizability checker for histories of per-key registers (read, write, delete, compare-and-set),
+Knossos/Porcupine style.
 
 Each key is an independent register, so each key is checked on its own (P-compositionality). For one key the
 search is Wing & Gong's, with Lowe's just-in-time linearization and a cache of (linearized ops, register state)
@@ -8,7 +9,9 @@ register allows it, backtrack when an operation returns without having been line
 Outcomes: ``ok`` operations took effect between their invocation and their completion. ``fail`` operations
 certainly took no effect and are dropped, as are reads that did not answer. ``unknown`` writes and deletes (504,
 timeouts, lost connections after sending) may take effect at any point after their invocation, or never: they
-complete at infinity. Writes must write values unique per key, which keeps the search small; so do two
+complete at infinity. A compare-and-set writes its value if the register holds its expected value (``ABSENT``:
+if the key is absent); an acknowledged one says whether it did, an unknown one may have done either. Writes and
+compare-and-sets must write values unique per key, which keeps the search small; so do two
 reductions for the unknown operations that may come arbitrarily late (see ``_Search``). ``check`` returns a
 ``CheckResult`` whose ``explain()`` names, for each bad key, the operation that has no valid place in any order,
 the write whose value it returned, and the acknowledged operations that should have hidden that value.
@@ -24,7 +27,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-READ, WRITE, DELETE = "read", "write", "delete"
+READ, WRITE, DELETE, CAS = "read", "write", "delete", "cas"
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 
 
@@ -55,6 +58,7 @@ class Op:
 
     ``value`` is the value written, or the value read (``ABSENT`` for a missing key); unused for a delete.
     ``existed`` is what an acknowledged delete answered (``{"deleted": true}``), or None if not known.
+    ``expected`` is the value a compare-and-set compares with; ``succeeded`` what an acknowledged one answered.
     ``complete`` is the monotonic time the answer came; it is ignored (infinity) for unknown outcomes.
     """
 
@@ -67,6 +71,8 @@ class Op:
     outcome: str = OK
     existed: bool | None = None
     node: str | None = None
+    expected: Any = None
+    succeeded: bool | None = None
     id: int = -1
 
     def describe(self, origin: float = 0.0) -> str:
@@ -75,6 +81,9 @@ class Op:
             what = f"read -> {self.value!r}"
         elif self.kind == WRITE:
             what = f"write {self.value!r}"
+        elif self.kind == CAS:
+            what = f"cas {self.expected!r} -> {self.value!r}" + ("" if self.succeeded is None else
+                                                                 f": {'done' if self.succeeded else 'refused'}")
         else:
             what = "delete" + ("" if self.existed is None else f" -> deleted={self.existed}")
         where = f" via {self.node}" if self.node else ""
@@ -142,7 +151,7 @@ def _prepare(ops: list[Op]) -> tuple[list[Op], dict[Hashable, Op], list[Op]]:
     """Drop what cannot matter; returns (ops to check, write of each value, reads of unwritten values)."""
     writes: dict[Hashable, Op] = {}
     for op in ops:
-        if op.kind == WRITE and op.outcome != FAIL:
+        if _may_write(op):
             frozen = _freeze(op.value)
             if frozen in writes:
                 raise ValueError(f"key {op.key!r}: value {op.value!r} is written twice; the checker needs unique "
@@ -156,6 +165,11 @@ def _prepare(ops: list[Op]) -> tuple[list[Op], dict[Hashable, Op], list[Op]]:
             impossible.append(op)
         kept.append(op)
     return kept, writes, impossible
+
+
+def _may_write(op: Op) -> bool:
+    """A write or a compare-and-set that may have written its value."""
+    return op.outcome != FAIL and (op.kind == WRITE or (op.kind == CAS and op.succeeded is not False))
 
 
 def check_key(key: str, ops: list[Op], *, initial: Any = ABSENT, max_seconds: float = 60.0) -> KeyResult:
@@ -196,7 +210,8 @@ class _Search:
     is absent): anywhere else it can be left out or moved there. And of one kind, the earliest sent is as good
     as any. So an operation that the current value forbids may take the oldest token, sent before now, that
     makes it allowed. The cache keeps, per (linearized operations, value), the Pareto-smallest pairs of tokens
-    used: a configuration that used more tokens, all else equal, can do nothing more.
+    used: a configuration that used more tokens, all else equal, can do nothing more. On a key with
+    compare-and-sets there are no tokens: every operation is an event.
     """
 
     def __init__(self, ops: list[Op], initial: Hashable, max_seconds: float) -> None:
@@ -210,17 +225,24 @@ class _Search:
     def run(self) -> bool | None:
         ops = self.ops
         kinds = [op.kind for op in ops]
-        # Values no read returned are all alike to the register: one state stands for all of them.
+        # Values no read returned (and no compare-and-set expected) are all alike to the register: one state
+        # stands for all of them.
         read_values = {_freeze(op.value) for op in ops if op.kind == READ}
-        values = [_freeze(op.value) if op.kind != WRITE or _freeze(op.value) in read_values else _UNREAD
+        read_values |= {_freeze(op.expected) for op in ops if op.kind == CAS}
+        values = [_freeze(op.value) if op.kind not in (WRITE, CAS) or _freeze(op.value) in read_values else _UNREAD
                   for op in ops]
+        expected = [_freeze(op.expected) if op.kind == CAS else None for op in ops]
+        succeeded = [op.succeeded for op in ops]
         existed = [op.existed for op in ops]
         infinite = [op.outcome == UNKNOWN for op in ops]
         # Tokens: invocation times of unknown writes of unread values (0) and of unknown deletes (1), in order.
+        # Not with compare-and-sets: a token could enable one in two ways (an unread value, or absent), which
+        # this search does not branch on; their unknown writes and deletes stay events, as the others do.
+        tokens = CAS not in kinds
         token_times: list[list[float]] = [[], []]
         events = []
         for index, op in enumerate(ops):
-            if infinite[index] and (kinds[index] == DELETE or values[index] is _UNREAD):
+            if tokens and infinite[index] and (kinds[index] == DELETE or values[index] is _UNREAD):
                 token_times[kinds[index] == DELETE].append(op.invoke)
                 continue
             end = math.inf if infinite[index] else op.complete
@@ -302,6 +324,12 @@ class _Search:
                         allowed, token, new_state = True, 1, ABSENT
                 elif kind == WRITE:
                     new_state, allowed = values[index], True
+                elif kind == CAS:
+                    holds = state == expected[index]
+                    if succeeded[index] is None:  # unknown: it wrote if and only if its compare held
+                        new_state, allowed = (values[index] if holds else state), True
+                    else:
+                        new_state, allowed = (values[index] if holds else state), holds == succeeded[index]
                 else:
                     new_state, allowed = ABSENT, True
                     if existed[index] is not None and existed[index] != (state is not ABSENT):
@@ -365,12 +393,12 @@ def _explain(key: str, ops: list[Op], writes: dict[Hashable, Op], search: _Searc
             lines.append("It read the value of:")
             lines.append(f"  {source.describe(origin)}")
             culprits.append(source)
-            overwrites = [op for op in ops if op.kind in (WRITE, DELETE) and op is not source
+            overwrites = [op for op in ops if op.kind in (WRITE, DELETE, CAS) and op is not source
                           and certainly_before(source, op) and certainly_before(op, stuck)]
             if overwrites:
                 lines.append("but these acknowledged operations came after that write and before the read began:")
         else:
-            overwrites = [op for op in ops if op.kind == WRITE and certainly_before(op, stuck)]
+            overwrites = [op for op in ops if _may_write(op) and certainly_before(op, stuck)]
             if overwrites:
                 lines.append("These acknowledged writes completed before the read began:")
         for op in overwrites[-3:]:

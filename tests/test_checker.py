@@ -4,7 +4,7 @@ import itertools
 import random
 
 import pytest
-from linearizability import ABSENT, DELETE, FAIL, OK, READ, UNKNOWN, WRITE, Op, check
+from linearizability import ABSENT, CAS, DELETE, FAIL, OK, READ, UNKNOWN, WRITE, Op, check
 
 
 def w(process, value, invoke, complete, outcome=OK, key="x"):
@@ -17,6 +17,11 @@ def r(process, value, invoke, complete, outcome=OK, key="x"):
 
 def d(process, invoke, complete, outcome=OK, existed=None, key="x"):
     return Op(process, key, DELETE, None, invoke, complete, outcome, existed=existed)
+
+
+def cas(process, expected, value, invoke, complete, outcome=OK, succeeded=None, key="x"):
+    succeeded = (True if succeeded is None else succeeded) if outcome == OK else None
+    return Op(process, key, CAS, value, invoke, complete, outcome, expected=expected, succeeded=succeeded)
 
 
 def assert_linearizable(history):
@@ -98,6 +103,20 @@ def test_a_random_sequential_history_with_many_unknowns_is_linearizable_and_fast
     result = check(history, max_seconds=20)
     assert result.ok, result.explain()
     assert result.seconds < 10
+
+
+def test_compare_and_set_writes_only_when_the_register_holds_the_expected_value():
+    assert_linearizable([cas(0, ABSENT, 1, 0, 1), cas(1, ABSENT, 2, 2, 3, succeeded=False), r(2, 1, 4, 5),
+                         cas(0, 1, 3, 6, 7), cas(1, 1, 4, 8, 9, succeeded=False), r(2, 3, 10, 11)])
+
+
+def test_of_two_concurrent_compare_and_sets_of_one_value_one_wins():
+    assert_linearizable([w(0, 1, 0, 1), cas(1, 1, 2, 2, 10), cas(2, 1, 3, 2, 10, succeeded=False), r(3, 2, 11, 12)])
+
+
+def test_an_unknown_compare_and_set_may_or_may_not_have_written():
+    assert_linearizable([w(0, 1, 0, 1), cas(1, 1, 2, 2, 3, UNKNOWN), r(2, 1, 4, 5), r(2, 2, 6, 7)])
+    assert_linearizable([w(0, 1, 0, 1), cas(1, 1, 2, 2, 3, UNKNOWN), r(2, 1, 4, 5), r(2, 1, 60, 61)])
 
 
 # ----- not linearizable -----
@@ -188,6 +207,24 @@ def test_a_violation_after_a_long_concurrent_history_with_many_unknowns_is_found
     assert result.seconds < 10
 
 
+def test_two_compare_and_sets_of_one_value_that_both_succeed_are_flagged():
+    assert_violation([w(0, 1, 0, 1), cas(1, 1, 2, 2, 10), cas(2, 1, 3, 2, 10)])
+
+
+def test_a_compare_and_set_that_wrote_but_answered_refused_is_flagged():
+    # What a retry without its idempotency key answers when the first attempt was applied: refused, yet written.
+    result = assert_violation([w(0, 1, 0, 1), cas(1, 1, 2, 2, 3, succeeded=False), r(2, 2, 4, 5)])
+    assert "no operation wrote" in result.explain()
+
+
+def test_a_compare_and_set_refused_while_the_register_held_its_value_is_flagged():
+    assert_violation([w(0, 1, 0, 1), cas(1, 1, 2, 2, 3, succeeded=False), r(2, 1, 4, 5)])
+
+
+def test_a_compare_and_set_that_succeeded_against_another_value_is_flagged():
+    assert_violation([w(0, 1, 0, 1), w(0, 2, 2, 3), cas(1, 1, 3, 4, 5), r(2, 3, 6, 7)])
+
+
 def test_writing_a_value_twice_is_refused():
     with pytest.raises(ValueError, match="unique"):
         check([w(0, 1, 0, 1), w(1, 1, 2, 3)])
@@ -213,6 +250,11 @@ def brute_force_linearizable(history):
                 return False
             if op.kind == DELETE and op.existed is not None and op.existed != (state is not ABSENT):
                 return False
+            if op.kind == CAS:
+                holds = state == op.expected
+                if op.outcome == OK and holds != op.succeeded:
+                    return False
+                state = op.value if holds else state
             state = op.value if op.kind == WRITE else ABSENT if op.kind == DELETE else state
         return True
 
@@ -230,9 +272,13 @@ def random_tiny_history(rng, size):
         complete = invoke + rng.randrange(1, 6)
         roll = rng.random()
         outcome = rng.choice([OK, OK, OK, UNKNOWN, FAIL])
-        if roll < 0.4:
+        if roll < 0.3:
             written.append(number + 1)
             history.append(w(number % 3, number + 1, invoke, complete, outcome))
+        elif roll < 0.45:
+            expected = rng.choice([*written, ABSENT]) if written else ABSENT
+            written.append(number + 1)
+            history.append(cas(number % 3, expected, number + 1, invoke, complete, outcome, rng.choice([True, False])))
         elif roll < 0.6:
             existed = rng.choice([None, True, False]) if outcome == OK else None
             history.append(d(number % 3, invoke, complete, outcome, existed))
@@ -245,7 +291,7 @@ def random_tiny_history(rng, size):
 def test_the_checker_agrees_with_brute_force_on_random_tiny_histories():
     rng = random.Random(11)
     verdicts = set()
-    for _ in range(1500):
+    for _ in range(2500):
         history = random_tiny_history(rng, rng.randrange(2, 7))
         expected = brute_force_linearizable(history)
         assert check(history).ok == expected, "\n".join(op.describe() for op in history)

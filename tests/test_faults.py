@@ -3,7 +3,9 @@
 Each short run loads a fresh 3-node cluster for about 10 s while one kind of fault is injected repeatedly, then
 heals everything and checks: the history (with final linearizable reads of every key on every node) is
 linearizable, so no acknowledged write was lost, and every node's local copy converges. The stale-read run must
-FAIL the check: it proves the checker catches what linearizable reads prevent. The long randomized run is marked
+FAIL the check: it proves the checker catches what linearizable reads prevent. The compare-and-set runs
+(``jepsen_cas``) go through the failover client: CAS registers must be linearizable, and no acknowledged
+transaction may be lost or applied twice. The long randomized run is marked
 ``long``: ``python -m pytest -m long tests/test_faults.py``, length in HRAFTD_JEPSEN_SECONDS (default 120).
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jepsen
+import jepsen_cas
 import pytest
 import requests
 from jepsen import JepsenCluster, Network, Recorder, perform
@@ -98,6 +101,25 @@ def test_history_under_faults_is_linearizable(request, tmp_path, fault):
     with jepsen_cluster(tmp_path) as cluster:
         report = jepsen.run(cluster, seconds=LOAD_SECONDS, faults=[fault], quiet=(1.0, 1.0), hold=(3.0, 3.0))
     assert_sound(report)
+
+
+def test_cas_and_txn_history_under_faults_is_linearizable_and_no_txn_is_lost_or_doubled(request, tmp_path):
+    """One run, the leader killed or cut off (where partitions are possible) in turn."""
+    if in_a_network_of_its_own(request):
+        return
+    faults = ["kill-leader"] if NO_PARTITIONS is not None else ["kill-leader", "partition-leader"]
+    with jepsen_cluster(tmp_path) as cluster:
+        report = jepsen_cas.run(cluster, seconds=LOAD_SECONDS, faults=faults, quiet=(1.0, 1.0), hold=(3.0, 3.0),
+                                seed=1)  # the nemesis kills, then cuts off, then kills the leader
+    summary = report.summary()
+    print(summary)
+    assert not report.nemesis_errors, f"the nemesis failed: {report.nemesis_errors}\n{summary}"
+    assert {fault.name for fault in report.faults} == set(faults), f"not every fault was injected\n{summary}"
+    assert report.result.ok, summary
+    assert not report.ledger_problems, summary
+    assert sum(op.kind == jepsen_cas.CAS and op.succeeded for op in report.history) > 10, summary
+    assert sum(op.kind == jepsen_cas.CAS and op.succeeded is False for op in report.history) > 0, summary
+    assert sum(txn.succeeded is True for txn in report.ledger) > 10, summary
 
 
 @needs_partitions

@@ -138,7 +138,7 @@ BODIES = st.one_of(
 METHODS = st.sampled_from(["GET", "GET", "POST", "POST", "DELETE", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD",
                            "TRACE", "PROPFIND", "FOO"])
 ROUTES = ["/key", "/status", "/join", "/remove", "/livez", "/readyz", "/metrics", "/backup", "/", "/key/", "/keys",
-          "/KEY/a", "/status/", "//status", "/key//", "/static/x", "/favicon.ico", "/key/%", "/%6Boy"]
+          "/txn", "/KEY/a", "/status/", "//status", "/key//", "/static/x", "/favicon.ico", "/key/%", "/%6Boy"]
 JUNK = ["%", "%z", "%zz", "%ff", "%00", "%2F", "%2f", "%c3%28", "%ed%a0%80", "%e2%82", "..", ".", "/", "//", "%2e%2e",
         "key", "status", "a", "%25", "+", ";", "%0d%0a", "%7f", "%20", "~", "é"]
 
@@ -159,7 +159,10 @@ QUERIES = st.one_of(
     st.just(""),
     st.sampled_from(["level=stale", "level=linearizable", "level=", "level", "level=STALE", "level=stale&level=bogus",
                      "level=bogus&level=stale", "levle=stale", "x=1", "&&", "=", "%ff=%fe", "level=%ff",
-                     "level=stale%00", ";", "level=stale;x=1", "level=stale&level=stale", "a[]=1&a[]=2"]),
+                     "level=stale%00", ";", "level=stale;x=1", "level=stale&level=stale", "a[]=1&a[]=2",
+                     "meta=true", "meta=1", "if_revision=0", "if_revision=1", "if_revision=-1", "if_revision=%ff",
+                     "prefix=a&limit=2", "prefix=", "prefix=%01", "limit=0", "limit=1001", "keys_only=true",
+                     "count_only=true", "count_only=true&limit=1", "start_after=%ff", "start_after=z&level=stale"]),
     st.lists(st.tuples(st.text(ASCII, max_size=8), TEXT), max_size=3).map(
         lambda pairs: urllib.parse.urlencode(pairs, errors="surrogatepass")),
 )
@@ -187,7 +190,9 @@ HEADERS = st.fixed_dictionaries({}, optional={
     "X-Junk": st.text(LATIN1, max_size=40),
 })
 ROUTE_METHODS = {"/key": ["POST"], "/join": ["POST"], "/remove": ["DELETE"], "/status": ["GET"], "/livez": ["GET"],
-                 "/readyz": ["GET"], "/metrics": ["GET"], "/backup": ["GET"]}
+                 "/readyz": ["GET"], "/metrics": ["GET"], "/backup": ["GET"], "/keys": ["GET", "DELETE"],
+                 "/txn": ["POST"]}
+WRITES = ("set_keys", "delete_key", "delete_keys", "txn")
 
 
 @st.composite
@@ -270,7 +275,7 @@ def check_app_answer(response: Any, method: str, node_id: str, allowed_5xx: tupl
     path = spec_path(response.route) if response.route != "unmatched" else None
     if status >= 400:
         body = json.loads(data)
-        assert isinstance(body, dict) and set(body) == {"error", "code"}, data[:500]
+        assert isinstance(body, dict) and set(body) == error_fields(status), data[:500]
         assert isinstance(body["error"], str) and isinstance(body["code"], str)
         assert body["code"] in documented_codes(path, method, status), f"{method} {path}: {status} {body}"
     validator = _validator(path, method, status)
@@ -289,8 +294,13 @@ def check_http_answer(response: requests.Response, method: str) -> None:
     assert response.headers["X-Hraftd-Node"] == "node0"
     if status >= 400 and method != "HEAD":
         body = response.json()
-        assert isinstance(body, dict) and set(body) == {"error", "code"}, data[:500]
+        assert isinstance(body, dict) and set(body) == error_fields(status), data[:500]
         assert body["code"] in codes_for_status(status), f"{method}: {status} {body}"
+
+
+def error_fields(status: int) -> set[str]:
+    """The fields of an error body: a refused compare-and-set also says the key's revision."""
+    return {"error", "code", "current_revision"} if status == 412 else {"error", "code"}
 
 
 def outcome(status: int, data: bytes) -> str:
@@ -358,7 +368,7 @@ def test_any_request_gets_a_documented_answer_and_refusals_change_nothing(client
     response = send(client, req)
     check_app_answer(response, req["method"], kv.node_id)
     event(outcome(response.status_code, response.get_data()))
-    if response.status_code >= 400 or response.endpoint not in ("set_keys", "delete_key"):
+    if response.status_code >= 400 or response.endpoint not in WRITES:
         assert kv.revision == revision, "a refused request or a read changed the data"
 
 
@@ -373,7 +383,14 @@ def test_every_operation_answers_as_documented(client, kv):
              ("DELETE", "/key/contract", None, 200), ("GET", "/key/contract", None, 404),
              ("POST", "/join", own, 200), ("DELETE", "/remove", {"id": kv.node_id}, 409),
              ("DELETE", "/remove", {"id": "nobody"}, 404), ("GET", "/status", None, 200), ("GET", "/livez", None, 200),
-             ("GET", "/readyz", None, 200), ("GET", "/metrics", None, 200), ("GET", "/backup", None, 200)]
+             ("GET", "/readyz", None, 200), ("GET", "/metrics", None, 200), ("GET", "/backup", None, 200),
+             ("POST", "/key?if_revision=0", {"contract/cas": 1}, 200), ("POST", "/key?if_revision=0",
+                                                                        {"contract/cas": 2}, 412),
+             ("GET", "/key/contract/cas?meta=true", None, 200), ("GET", "/keys?prefix=contract/", None, 200),
+             ("GET", "/keys?prefix=contract/&count_only=true", None, 200),
+             ("POST", "/txn", {"compare": [{"key": "contract/cas", "target": "version", "op": "=", "value": 1}],
+                               "success": [{"get": "contract/cas"}, {"range": {"prefix": "contract/"}}]}, 200),
+             ("DELETE", "/keys?prefix=contract/", None, 200), ("DELETE", "/key/contract/cas?if_revision=3", None, 412)]
     for method, path, body, status in calls:
         response = client.open(path, method=method, json=body)
         assert response.status_code == status, (method, path, response.get_data()[:300])
@@ -625,7 +642,7 @@ def check_raw_answer(answer: bytes, allow_no_answer: bool = False) -> tuple[int,
     assert headers.get("x-hraftd-node") == "node0" and headers.get("x-raft-index", "").isdigit(), answer[:500]
     assert headers["content-type"].startswith("application/json") or status == 200, answer[:500]
     if status >= 400:
-        assert set(json.loads(body)) == {"error", "code"}, body[:300]
+        assert set(json.loads(body)) == error_fields(status), body[:300]
     return status, "server" if headers.get("connection") == "close" else "app"
 
 

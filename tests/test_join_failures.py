@@ -19,6 +19,21 @@ def joiner_log(cluster, target_addr: str, *extra: str, timeout: str = WAITING_WO
     return node.log()
 
 
+def listening(node):
+    """``node`` once its HTTP port takes connections (an HTTPS node's /status cannot be polled over HTTP)."""
+    host, port = node.http_addr.rsplit(":", 1)
+
+    def connects() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_for(connects, 30, f"{node.name} to listen")
+    return node
+
+
 def attempts(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"cannot reach the node at \S+ yet \(attempt (\d+)\)", log)]
 
@@ -64,24 +79,9 @@ def certificate(tmp_path):
     return self_signed_certificate(tmp_path)
 
 
-def listening(address: str) -> bool:
-    """The HTTPS member's port is bound: a joiner's connection queues instead of being refused."""
-    try:
-        socket.create_connection(address.rsplit(":", 1), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def https_member(cluster, cert: str, key: str):
-    member = cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert)
-    wait_for(lambda: listening(member.http_addr), 30, "the HTTPS member to listen")
-    return member
-
-
 def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate):
     cert, key = certificate
-    member = https_member(cluster, cert, key)
+    member = listening(cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert))
     log = joiner_log(cluster, member.http_addr, "-tls-cert", cert, "-tls-key", key)  # no -tls-ca
     assert f"the certificate of {member.http_addr} does not verify (self-signed certificate)" in log
     assert "give the CA that signed it with -tls-ca" in log
@@ -90,7 +90,7 @@ def test_an_https_member_whose_certificate_does_not_verify(cluster, certificate)
 
 def test_plain_http_to_an_https_member(cluster, certificate):
     cert, key = certificate
-    member = https_member(cluster, cert, key)
+    member = listening(cluster.node("node0").start(None, "-tls-cert", cert, "-tls-key", key, "-tls-ca", cert))
     log = joiner_log(cluster, member.http_addr)
     assert f"{member.http_addr} serves HTTPS, and this node talks plain HTTP: give it -tls-cert and -tls-key" in log
     assert not attempts(log)

@@ -1,6 +1,6 @@
 """docs/openapi.yaml is valid OpenAPI and describes the app exactly: every route, method, role, parameter, code.
 
-The app's routes are the native ``/key`` routes (``hraftd.keys.ENDPOINTS``) and the Flask app's.
+The app's routes are the native routes of the hot requests (``hraftd.keys.ENDPOINTS``) and the Flask app's.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from werkzeug import exceptions
 
 from hraftd import app as node_app
-from hraftd import connection, errors, keys, protocol, web
+from hraftd import connection, errors, keys, protocol, txnbody, web
 from hraftd.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +38,20 @@ class FakeStore:
     def sync_reads_async(self, level: str, done: Any) -> None:
         done(None)
 
-    def read(self, key: str, *, level: str) -> Any:
-        raise KeyError(key)
+    def read_item(self, key: str) -> Any:
+        return None
 
-    def write_async(self, items: dict[str, Any], done: Any) -> None:
-        done(1, None)
+    def read_page(self, prefix: str, start_after: str | None, limit: int | None, keys_only: bool) -> Any:
+        return 1, [], False
 
-    def delete_async(self, key: str, done: Any) -> None:
-        done((False, 1), None)
+    def read_count(self, prefix: str) -> tuple[int, int]:
+        return 1, 0
+
+    def submit(self, command: dict[str, Any], done: Any) -> None:
+        results = {"put": {"revision": 1}, "delete": {"deleted": False, "revision": 1},
+                   "delete_prefix": {"deleted": 0, "revision": 1}, "txn": {"succeeded": True, "revision": 1,
+                                                                          "results": []}}
+        done(results[command["op"]], None)
 
     def add_member(self, *args: Any, **kwargs: Any) -> bool:
         return False
@@ -154,7 +160,7 @@ def app_endpoints() -> dict[tuple[str, str], str]:
 def source_codes() -> set[str]:
     """Every error code the source can put in a body."""
     codes: set[str] = set()
-    sources = (Path(module.__file__).read_text() for module in (web, protocol, keys, node_app, connection))
+    sources = (Path(module.__file__).read_text() for module in (web, protocol, keys, txnbody, node_app, connection))
     for node in (node for source in sources for node in ast.walk(ast.parse(source))):
         name = getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
         if name in ("BadRequest", "_error", "error_document", "Refused", "refuse"):
@@ -303,9 +309,12 @@ def test_every_error_response_has_the_error_body_and_the_node_headers():
 def test_the_native_router_answers_by_its_table():
     handlers = keys.KeyHandlers(FakeStore(), None, None)
     for (route, method), endpoint in keys.ENDPOINTS.items():
-        path = "/key" if route == "/key" else "/key/some/key"
+        path = "/key/some/key" if route == keys.KEY_ROUTE else route
         assert handlers.route(method, path)[:2] == (route, endpoint)
-    for method, path in [("PUT", "/key"), ("GET", "/key"), ("POST", "/key/x"), ("PATCH", "/key/x")]:
+        assert handlers.route(method, path)[2] == getattr(handlers, endpoint)
+    assert handlers.route("HEAD", "/keys")[1] == "list_keys" and handlers.route("HEAD", "/key/x")[1] == "get_key"
+    for method, path in [("PUT", "/key"), ("GET", "/key"), ("POST", "/key/x"), ("PATCH", "/key/x"), ("POST", "/keys"),
+                         ("GET", "/txn"), ("DELETE", "/txn")]:
         assert handlers.route(method, path)[1:] == (None, None), (method, path)
-    for path in ["/key/", "/keys", "/status", "//key/x", "/KEY/x"]:
+    for path in ["/key/", "/keys/", "/txn/", "/status", "//key/x", "/KEY/x", "/keys/x"]:
         assert handlers.route("GET", path) is None, path

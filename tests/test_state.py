@@ -211,11 +211,13 @@ def test_txn_operations_run_in_order_and_share_one_new_revision(kv):
         {"range": {"prefix": "p/"}}, {"delete_prefix": "none/"}])
     assert applied.result == {"succeeded": True, "revision": 2, "results": [
         {"revision": 2},
-        {"key": "p/a", "value": 1, "create_revision": 2, "mod_revision": 2, "version": 1, "lease": None},
+        {"found": True, "key": "p/a", "value": 1, "create_revision": 2, "mod_revision": 2, "version": 1,
+         "lease": None},
         {"items": [{"key": "p/a", "value": 1, "mod_revision": 2}, {"key": "p/b", "value": 2, "mod_revision": 2}],
          "more": True},
         {"deleted": True}, {"deleted": False}, {"revision": 2},
-        {"key": "p/a", "value": 3, "create_revision": 2, "mod_revision": 2, "version": 2, "lease": None},
+        {"found": True, "key": "p/a", "value": 3, "create_revision": 2, "mod_revision": 2, "version": 2,
+         "lease": None},
         {"deleted": 1}, {"key": "p/b", "found": False},
         {"items": [{"key": "p/a", "value": 3, "mod_revision": 2}], "more": False}, {"deleted": 0}]}
     assert applied.events == [
