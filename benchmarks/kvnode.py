@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--addr", required=True)
     parser.add_argument("--peers", default="")
     parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--secret", help="the cluster's Raft secret (the same for every node)")
     parser.add_argument("--options", default="{}", help="JSON object of extra ReplicatedKV keyword arguments")
     parser.add_argument("--no-fsync", action="store_true",
                         help="fsync=False, as the HTTP nodes' -no-fsync, if this ReplicatedKV has that option")
@@ -97,6 +98,8 @@ def main() -> None:
     options = json.loads(args.options)
     if args.no_fsync and "fsync" in inspect.signature(ReplicatedKV).parameters:
         options.setdefault("fsync", False)
+    if args.secret:
+        options.setdefault("secret", args.secret)
     kv = ReplicatedKV(args.addr, peers, data_dir=args.data_dir, **options)
 
     def reply(payload: Any) -> None:
@@ -113,7 +116,7 @@ def main() -> None:
                     kv.wait_ready(command.get("timeout", 30))
                     reply({"ready": True})
                 elif op == "status":
-                    reply(kv.status())
+                    reply({"role": kv.status()["role"]})
                 elif op == "preload":
                     n, prefix = command["keys"], command["prefix"]
                     kv.update({f"{prefix}{i}": VALUE for i in range(1, n + 1)})

@@ -42,6 +42,23 @@ def render(results: dict[str, Any]) -> str:
            f"durability: {env['durability']}; node flags: {' '.join(env['node_args']) or 'none'}; "
            f"total {results['total_seconds']:.0f} s.", ""]
 
+    one = results.get("one_node")
+    if one:
+        out.append("**One node alone** (32 clients; the in-process column drives the same handlers without "
+                   "sockets)\n")
+        labels = {"stale_get": "stale GET", "linearizable_get": "linearizable GET", "post": "POST"}
+        rows = []
+        for row in one["http"]:
+            ceiling = one["inprocess"].get(row["kind"], {}).get("throughput")
+            node_cpu = sum(row["node_cpu_cores"].values())
+            rows.append([labels.get(row["kind"], row["kind"]), fmt(row["throughput"]), fmt(row["p50_ms"], ".2f"),
+                         fmt(row["p99_ms"], ".2f"), fmt(row["requests"] - row["ok"], ","),
+                         f"{row['generator_cpu_cores']:.1%}", f"{node_cpu:.2f}", other(row), fmt(ceiling),
+                         fmt(row["throughput"] / ceiling if ceiling else None, ".0%")])
+        out.append(table(["request", "per s", "p50 ms", "p99 ms", "errors", "wrk CPU", "node CPU", "other CPU",
+                          "in-process/s", "HTTP / in-process"], rows))
+        out.append("")
+
     out.append("**Writes** (unique keys, 16-byte values; writes/s counts 2xx answers only)\n")
     rows = []
     for row in results["writes"]:

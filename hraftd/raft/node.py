@@ -124,6 +124,7 @@ class RaftNode:
         self.transport.inbound = self._inbound
         self.transport.outbound = self.rules.outbound
         self._notifier = PipeNotifier(self.sync._poller)
+        self._woken = False
         self._proposals: collections.deque[Proposal] = collections.deque()
         self._deadlines: list[tuple[float, int, Proposal]] = []
         self._serial = itertools.count()
@@ -231,6 +232,9 @@ class RaftNode:
     # ----- the loop -----
 
     def _wake(self) -> None:
+        if self._woken:  # told since the loop last looked at its queues: it will see what was just queued
+            return
+        self._woken = True
         with contextlib.suppress(OSError):  # the pipe is full: the loop is awake anyway
             self._notifier.notify()
 
@@ -238,6 +242,7 @@ class RaftNode:
         first = True
         try:
             while not self._stopping:
+                self._woken = False  # before the queues are looked at: anything queued later wakes the loop again
                 self.journal.sync()
                 self.rules.release_acks()
                 while self._tasks:
