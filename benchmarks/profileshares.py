@@ -7,7 +7,8 @@ named by the innermost frame (leaf first) that one of ``PARTS`` recognises, with
 (the worker's main thread, HTTP and the hot handlers) or the Raft thread (``RaftNode._run``: PySyncObj's tick,
 the log, the peers' connections, applying entries). C code (uvloop, httptools, system calls) counts towards
 the Python frame that called it: the answer's ``send()`` is in ``HttpConnection._write``; the loop's own
-``epoll_wait`` and ``recv()`` are in ``Runner.run``.
+``epoll_wait`` and ``recv()`` are in ``Runner.run``. (perf found the worker's system calls, all together,
+at a smaller share than py-spy's ``_write`` alone: read that part as an upper bound.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 # (part, what a frame's text contains), tried on each frame from the leaf outwards; the first match names the part.
 PARTS: dict[str, list[tuple[str, str]]] = {
     "event loop": [
-        ("HTTP: answer head and send()", "HttpConnection._write"),
-        ("HTTP: answer head and send()", "HttpConnection._head"),
+        ("HTTP: writing the answer (_write, _head)", "HttpConnection._write"),
+        ("HTTP: writing the answer (_write, _head)", "HttpConnection._head"),
         ("store (ReplicatedKV, state machine)", "hraftd/store.py"),
         ("store (ReplicatedKV, state machine)", "hraftd/operations.py"),
         ("store (ReplicatedKV, state machine)", "hraftd/state.py"),
