@@ -909,7 +909,7 @@ def print_tables(results: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="short runs, 5 failover rounds, 100k keys but no 1M (about 2-3 minutes)")
+                        help="short runs, 5 failover rounds, 100k keys but no 1M (about 4-5 minutes)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/{full,quick}.json)")
     parser.add_argument("--node-arg", dest="node_args", action="append", default=[], metavar="FLAG",
                         help="extra flag for every hraftd node, repeatable; write it with '=', "
