@@ -148,7 +148,7 @@ def slow_clients(node: Node, duration: float) -> dict[str, Any]:
         run = run_wrk(f"http://{node.http_addr}", "read.lua", 8, duration,
                       {"WRK_LEVEL": "stale", "WRK_KEYS": "1000", "WRK_PREFIX": "r"}, [node])
     return {"ordinary": {key: run[key] for key in ("throughput", "p50_ms", "p99_ms", "max_ms", "statuses",
-                                                   "socket_errors", "requests")},
+                                                   "socket_errors", "requests", "other_cpu_cores")},
             "slow_reconnects": slow.reconnects, "slow_answers": slow.answers,
             "slow_failed_connects": slow.failed_connects}
 

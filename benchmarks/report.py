@@ -57,6 +57,20 @@ def render(results: dict[str, Any]) -> str:
                          fmt(row["throughput"] / ceiling if ceiling else None, ".0%")])
         out.append(table(["request", "per s", "p50 ms", "p99 ms", "errors", "wrk CPU", "node CPU", "other CPU",
                           "in-process/s", "HTTP / in-process"], rows))
+        slow, idle = one.get("slow_clients"), one.get("idle_connections")
+        if slow:
+            ordinary = slow["ordinary"]
+            not_ok = ordinary["requests"] - sum(n for code, n in ordinary["statuses"].items() if 200 <= int(code) < 300)
+            out.append(f"\nBeside 256 connections that each send a request one byte every 2 s: ordinary stale GETs "
+                       f"on 8 connections, {fmt(ordinary['throughput'])}/s, p50 {ordinary['p50_ms']:.2f} ms, "
+                       f"**p99 {ordinary['p99_ms']:.2f} ms**, max {ordinary['max_ms']:.1f} ms, "
+                       f"{not_ok:,} not 2xx; slow connections cut and reopened {slow['slow_reconnects']:,} times; "
+                       f"other CPU {ordinary.get('other_cpu_cores', 0):.2f}.")
+        if idle:
+            out.append(f"\n2,000 idle keep-alive connections, each after one request: PSS (master + worker) "
+                       f"{idle['pss_before_mib']} -> {idle['pss_after_mib']} MiB, **+{idle['pss_cost_mib']} MiB** "
+                       f"(worker RSS +{idle['worker_rss_cost_mib']} MiB); {idle['open_after_1s']:,} still open "
+                       f"after 1 s.")
         out.append("")
 
     out.append("**Writes** (unique keys, 16-byte values; writes/s counts 2xx answers only)\n")

@@ -48,6 +48,7 @@ from cluster import (
     wait_for,
 )
 from generator import Accounting, run_wrk, wrk_path, wrk_version
+from httplayer import idle_connections, slow_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUE = "0123456789abcdef"
@@ -268,8 +269,17 @@ def one_node_benchmarks(registry: Registry, root: Path, args: argparse.Namespace
         http.append(result)
         log(f"one node, {name}, 32 clients: {result['throughput']:8.0f}/s p50 {result['p50_ms']:.2f} ms "
             f"p99 {result['p99_ms']:.2f} ms")
+    quiet_gate(cluster.nodes, args)
+    slow = slow_clients(node, args.slow_duration)
+    log(f"one node beside 256 slow clients: ordinary stale GETs p99 {slow['ordinary']['p99_ms']:.2f} ms, "
+        f"{slow['ordinary']['throughput']:,.0f}/s, other CPU {slow['ordinary']['other_cpu_cores']:.2f}")
+    wait_for(lambda: http_request(node.http_addr, "GET", "/livez")[0] == 200, 60, "the node after the slow clients")
+    idle = idle_connections(node)
+    log(f"one node, 2,000 idle keep-alive connections: PSS +{idle['pss_cost_mib']} MiB, "
+        f"{idle['open_after_1s']} still open after 1 s")
     registry.kill(node.process)  # type: ignore[arg-type]
-    return {"http": http, "inprocess": hot_handlers_inprocess(root / "one-inprocess", args)}
+    return {"http": http, "slow_clients": slow, "idle_connections": idle,
+            "inprocess": hot_handlers_inprocess(root / "one-inprocess", args)}
 
 
 def hot_handlers_inprocess(directory: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -373,20 +383,30 @@ def failover_benchmarks(cluster: Cluster, args: argparse.Namespace) -> dict[str,
 
 # ----- profile -----
 
-def profile_leader(cluster: Cluster, registry: Registry, args: argparse.Namespace, out_dir: Path,
-                   name: str, script: str, env: dict[str, str], seconds: int = 10) -> dict[str, Any]:
-    """py-spy on the leader's worker during a 32-client load: a flame graph and a top-functions summary."""
+PROFILE_LOADS = {  # file name -> (node, wrk script, its environment), each at 32 clients
+    "write32": ("leader", "write.lua", {"WRK_PREFIX": "profile"}),
+    "read32-linearizable": ("leader", "read.lua", {"WRK_PREFIX": "r", "WRK_KEYS": str(READ_KEYS),
+                                                   "WRK_LEVEL": "linearizable"}),
+    "read32-stale": ("leader", "read.lua", {"WRK_PREFIX": "r", "WRK_KEYS": str(READ_KEYS), "WRK_LEVEL": "stale"}),
+    "read32-linearizable-follower": ("follower", "read.lua", {"WRK_PREFIX": "r", "WRK_KEYS": str(READ_KEYS),
+                                                              "WRK_LEVEL": "linearizable"}),
+}
+
+
+def profile_node(cluster: Cluster, registry: Registry, out_dir: Path, name: str, seconds: int = 10) -> dict[str, Any]:
+    """py-spy on a node's worker during a 32-client load: a flame graph and a top-functions summary."""
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
     out_dir.mkdir(parents=True, exist_ok=True)
-    leader = cluster.leader()
-    worker = leader.worker_pid()
+    on, script, env = PROFILE_LOADS[name]
+    node = cluster.leader() if on == "leader" else cluster.followers()[0]
+    worker = node.worker_pid()
     assert worker is not None
     raw_path, svg_path = out_dir / f"{name}.txt", out_dir / f"{name}.svg"
     loads: list[dict[str, Any]] = []
     load = threading.Thread(target=lambda: loads.append(run_wrk(
-        f"http://{leader.http_addr}", script, 32, 2 * seconds + 4, env, cluster.nodes)))
+        f"http://{node.http_addr}", script, 32, 2 * seconds + 4, env, cluster.nodes)))
     load.start()
     time.sleep(1)
     # --gil: sample only the thread holding the GIL, i.e. where the worker's Python CPU time goes.
@@ -399,7 +419,7 @@ def profile_leader(cluster: Cluster, registry: Registry, args: argparse.Namespac
     summary = summarise_profile(raw_path)
     summary.update(load=loads[0] if loads else None, flamegraph=str(svg_path), raw=str(raw_path),
                    mode="py-spy --gil --nonblocking: samples of the GIL-holding thread only",
-                   gil_held_share=round(summary["samples"] / (PROFILE_RATE * seconds), 3))
+                   gil_held_share=round(summary["samples"] / (PROFILE_RATE * seconds), 3), node=on)
     log(f"profile {name}: GIL held {summary['gil_held_share']:.0%} of the time; top self: "
         + ", ".join(f"{f['function']} {f['share']:.0%}" for f in summary["top_self"][:5]))
     return summary
@@ -435,7 +455,7 @@ def _module_of(frame: str) -> str:
     """``func (path/to/module.py)`` -> a short module label such as ``werkzeug`` or ``pysyncobj/syncobj.py``."""
     path = frame.rpartition("(")[2].rstrip(")")
     parts = Path(path).parts
-    for package in ("hraftd", "pysyncobj", "gunicorn", "flask", "werkzeug", "json"):
+    for package in ("hraftd", "pysyncobj", "gunicorn", "flask", "werkzeug", "json", "asyncio"):
         if package in parts:
             return f"{package}/{Path(path).name}" if package in ("hraftd", "pysyncobj", "gunicorn") else package
     return Path(path).name or path
@@ -745,7 +765,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The bar of the event-loop stack, then the earlier targets it still has to hold, evaluated on this run.
+    """Issue 12's bar, then the earlier targets the node still has to hold, evaluated on this run.
 
     They assume fsync on and linearizable reads; 'durability' in the environment says what was measured.
     """
@@ -762,6 +782,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     at_least("one node: stale GET", 15_000, find(one, kind="stale_get"), "HTTP, 32 clients")
     at_least("one node: linearizable GET", 10_000, find(one, kind="linearizable_get"), "HTTP, 32 clients")
     at_least("one node: POST", 5_000, find(one, kind="post"), "HTTP, 32 clients, unique keys")
+    slow = (results.get("one_node") or {}).get("slow_clients")
+    if slow:
+        p99 = slow["ordinary"]["p99_ms"]
+        add("one node: p99 beside 256 slow clients", "< 100 ms", p99, p99 < 100,
+            "stale GETs on 8 connections while 256 send one byte every 2 s")
+    idle = (results.get("one_node") or {}).get("idle_connections")
+    if idle:
+        add("one node: 2,000 idle keep-alive connections", "< 100 MiB", idle["pss_cost_mib"],
+            idle["pss_cost_mib"] < 100, "growth of the node's PSS (master + worker)")
     writes, reads = results["writes"], results["reads"]
     at_least("writes", 4_000, find(writes, target="leader", clients=32), "3 nodes, HTTP, 32 clients, to the leader")
     at_least("linearizable reads on the leader", 8_000, find(reads, target="leader", level="linearizable"),
@@ -815,6 +844,13 @@ def print_tables(results: dict[str, Any]) -> None:
             print(f"  {row['kind']:17}{row['throughput']:>10,.0f}/s p50 {row['p50_ms']:6.2f} ms p99 "
                   f"{row['p99_ms']:6.2f} ms  other {row['other_cpu_cores']:.2f}  in-process "
                   f"{_number(ceiling, ',.0f')}/s")
+        slow, idle = one.get("slow_clients"), one.get("idle_connections")
+        if slow:
+            print(f"  beside 256 slow clients: ordinary stale GETs on 8 connections p99 "
+                  f"{slow['ordinary']['p99_ms']:.2f} ms, {slow['ordinary']['throughput']:,.0f}/s")
+        if idle:
+            print(f"  2,000 idle keep-alive connections: PSS +{idle['pss_cost_mib']} MiB, "
+                  f"{idle['open_after_1s']} still open after 1 s")
     print("\nWrites (unique keys, 16-byte values)")
     print(f"{'to':9}{'clients':>8}{'writes/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>7}{'wrk CPU':>9}"
           f"{'other':>7}{'in-proc/s':>11}{'in-p p50':>9}{'HTTP/in-p':>10}")
@@ -873,7 +909,7 @@ def print_tables(results: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="short runs, 5 failover rounds, 100k keys but no 1M (about 2-3 minutes)")
+                        help="short runs, 5 failover rounds, 100k keys but no 1M (about 4-5 minutes)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/{full,quick}.json)")
     parser.add_argument("--node-arg", dest="node_args", action="append", default=[], metavar="FLAG",
                         help="extra flag for every hraftd node, repeatable; write it with '=', "
@@ -886,6 +922,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="write concurrencies (default 1,8,32,128)")
     parser.add_argument("--read-clients", type=int, default=32, help="read concurrency (default 32)")
     parser.add_argument("--failover-rounds", type=int, help="default 10; quick 5")
+    parser.add_argument("--slow-duration", type=float,
+                        help="seconds of the 256 slow clients beside ordinary requests on one node (default 30; "
+                        "quick 10)")
     parser.add_argument("--keys", type=int, default=100_000, help="keys for the first memory/restart checkpoint")
     parser.add_argument("--single-key-load", type=int,
                         help="keys written with single-key POSTs at 32 clients (default 100000; quick 10000)")
@@ -895,8 +934,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         choices=["one", "http", "failover", "recovery", "inprocess"],
                         help="leave a part out (repeatable)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
-                        help="also run py-spy on the leader's worker during 32-client writes and linearizable "
-                        "reads; flame graphs and collapsed stacks go to DIR")
+                        help="also run py-spy on the leader's worker during 32-client writes, linearizable and "
+                        "stale reads, and on a follower's during linearizable reads; flame graphs and collapsed "
+                        "stacks go to DIR")
     parser.add_argument("--rev", help="measure this git revision's hraftd/ (e.g. HEAD) instead of the work tree")
     parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                         help="first wait up to SECONDS for the machine to be idle (under 10%% busy)")
@@ -912,6 +952,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.duration = args.duration or (3.0 if quick else 10.0)
     args.inproc_duration = args.inproc_duration or (2.0 if quick else 5.0)
     args.failover_rounds = args.failover_rounds or (5 if quick else 10)
+    args.slow_duration = args.slow_duration or (10.0 if quick else 30.0)
     args.single_key_load = args.single_key_load or (10_000 if quick else 100_000)
     args.big_keys = args.big_keys if args.big_keys is not None else (0 if quick else 1_000_000)
     args.restarts = args.restarts or (1 if quick else 3)
@@ -953,13 +994,8 @@ def main(argv: list[str] | None = None) -> int:
                 results["writes"] = write_benchmarks(cluster, args)
                 results["reads"] = read_benchmarks(cluster, args)
             if args.profile:
-                results["profile"] = {
-                    "write32": profile_leader(cluster, registry, args, args.profile, "write32", "write.lua",
-                                              {"WRK_PREFIX": "profile"}),
-                    "read32_linearizable": profile_leader(
-                        cluster, registry, args, args.profile, "read32-linearizable", "read.lua",
-                        {"WRK_PREFIX": "r", "WRK_KEYS": str(READ_KEYS), "WRK_LEVEL": "linearizable"}),
-                }
+                results["profile"] = {name: profile_node(cluster, registry, args.profile, name)
+                                      for name in PROFILE_LOADS}
             if "failover" not in args.skip:
                 results["failover"] = failover_benchmarks(cluster, args)
             for node in cluster.nodes:
