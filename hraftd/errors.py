@@ -42,6 +42,12 @@ class NotLeaderError(HraftdError):
         self.leader_http_addr = leader_http_addr
 
 
+class LeaseNotFoundError(HraftdError):
+    """No live lease has that id: never granted, revoked, expired, or expiring now. Nothing was written."""
+
+    code = "lease_not_found"
+
+
 class UnknownMemberError(HraftdError):
     """No member has that id."""
 

@@ -20,6 +20,7 @@ from hraftd.errors import (
     ClosedError,
     HraftdError,
     InsufficientStorageError,
+    LeaseNotFoundError,
     MembershipConflictError,
     NotLeaderError,
     OutcomeUnknownError,
@@ -42,6 +43,7 @@ _STATUS_OF = {
     OutcomeUnknownError: 504,
     PreconditionFailedError: 412,
     UnknownMemberError: 404,
+    LeaseNotFoundError: 404,
     MembershipConflictError: 409,
     WrongSecretError: 403,
 }

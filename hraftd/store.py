@@ -16,6 +16,7 @@ from typing import Any
 
 from hraftd import datadir
 from hraftd.errors import ClosedError, DataDirError, HraftdError, UnavailableError
+from hraftd.leases import LeaseKeeper, LeaseOperations
 from hraftd.membership import Membership, join_proof
 from hraftd.operations import Entry, KVOperations, Page
 from hraftd.outcome import Waiter, refusal, translate
@@ -35,7 +36,7 @@ Done = Callable[[Any, HraftdError | None], None]
 __all__ = ["LINEARIZABLE", "READ_LEVELS", "STALE", "Entry", "Page", "ReplicatedKV", "join_proof"]
 
 
-class ReplicatedKV(KVOperations):
+class ReplicatedKV(KVOperations, LeaseOperations):
     """A dict whose contents are agreed by a Raft cluster; any node reads and writes.
 
     ``self_addr`` is this node's raft ``host:port`` (it binds only that host); ``peers`` are the raft addresses
@@ -90,6 +91,7 @@ class ReplicatedKV(KVOperations):
         self._reopening = threading.Lock()
         self._node = self._open_at_start()
         self.membership = Membership(self)
+        self._lease_keeper = LeaseKeeper(self)
 
     def _choose_secret(self, secret: str | None, insecure: bool, fresh: bool) -> str | None:
         if insecure:
@@ -186,6 +188,7 @@ class ReplicatedKV(KVOperations):
             log.info("handing leadership over before stopping")
             self.membership.transfer_leadership(min(self.timeout, 2.0))
         self._closed = True
+        self._lease_keeper.close()
         node.close()
 
     @property
@@ -312,6 +315,11 @@ class ReplicatedKV(KVOperations):
 
     def is_leader(self) -> bool:
         return self._node.status.get("role") == "leader"
+
+    def leading_term(self) -> int | None:
+        """The term this node leads in, None when it does not lead (its own belief, as of its last tick)."""
+        status = self._node.status
+        return status["term"] if status.get("role") == "leader" else None
 
     def members(self) -> dict[str, dict[str, str | None]]:
         """id -> {"raft_addr", "http_addr"} as this node last applied it."""
