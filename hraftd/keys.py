@@ -30,6 +30,7 @@ from hraftd.protocol import (
     idempotency_key,
     json_body,
     key_parameter,
+    lease_id,
     page_size,
     parse_json_object,
     path_key,
@@ -123,11 +124,15 @@ class KeyHandlers:
         items = parse_json_object(request.body)
         check_write(items, self._limits)
         command: dict[str, Any] = {"op": "put", "items": items}
-        if_revision = revision(parameters.get("if_revision")) if parameters else None
-        if if_revision is not None:
-            if len(items) != 1:
-                raise BadRequest(f"a write with if_revision writes exactly one key, not {len(items)}", "not_one_key")
-            command["if_revision"] = if_revision
+        if parameters:
+            if_revision, lease = revision(parameters.get("if_revision")), lease_id(parameters.get("lease"))
+            if if_revision is not None:
+                if len(items) != 1:
+                    raise BadRequest(f"a write with if_revision writes exactly one key, not {len(items)}",
+                                     "not_one_key")
+                command["if_revision"] = if_revision
+            if lease is not None:
+                command["lease"] = lease
         result = await self._submit(command, request)
         return Response(200, json_body({"revision": result["revision"]}))
 

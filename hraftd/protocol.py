@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hraftd.auth import TokenFile, allows
+from hraftd.commands import BadCommand, check_lease_ttl
 from hraftd.errors import (
     ClosedError,
     HraftdError,
@@ -61,6 +62,10 @@ ROLE_OF_ENDPOINT = {
     "delete_key": "write",
     "delete_keys": "write",
     "txn": "write",
+    "lease_grant": "write",
+    "lease_keepalive": "write",
+    "lease_revoke": "write",
+    "lease_info": "read",
     "join": "admin",
     "join_secret": "admin",
     "remove": "admin",
@@ -69,7 +74,7 @@ ROLE_OF_ENDPOINT = {
 # The query parameters each endpoint accepts; any other is refused rather than silently ignored.
 PARAMETERS_OF_ENDPOINT = {
     "get_key": frozenset({"level", "meta"}),
-    "set_keys": frozenset({"if_revision"}),
+    "set_keys": frozenset({"if_revision", "lease"}),
     "delete_key": frozenset({"if_revision"}),
     "list_keys": frozenset({"prefix", "start_after", "limit", "keys_only", "count_only", "level"}),
     "delete_keys": frozenset({"prefix"}),
@@ -147,6 +152,29 @@ def revision(value: str | None, name: str = "if_revision") -> int | None:
         raise BadRequest(f"{name} must be a revision: a whole number from 0 to {MAX_REVISION}, not {value[:100]!r}",
                          "bad_revision")
     return number
+
+
+def lease_id(value: str | None, name: str = "lease") -> int | None:
+    """A lease id in a path or query parameter: a whole number from 1 to 2**63-1; None when absent."""
+    if value is None:
+        return None
+    number = _whole_number(value, 19)
+    if number is None or not 1 <= number <= MAX_REVISION:
+        raise BadRequest(f"{name} must be a lease id: a whole number from 1 to {MAX_REVISION}, not {value[:100]!r}",
+                         "bad_lease_id")
+    return number
+
+
+def lease_grant_body(body: dict[str, Any]) -> float:
+    """The ttl of ``POST /lease``: ``{"ttl": seconds}``, a number from MIN_LEASE_TTL to MAX_LEASE_TTL."""
+    unknown = sorted(body.keys() - {"ttl"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0][:100]!r}: a lease is granted with {{\"ttl\": seconds}}",
+                         "bad_field")
+    try:
+        return check_lease_ttl(body.get("ttl"))
+    except BadCommand as error:
+        raise BadRequest(str(error), "bad_ttl") from None
 
 
 def page_size(value: str | None) -> int:
