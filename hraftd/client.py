@@ -28,8 +28,8 @@ from hraftd.endpoints import Endpoint, ExchangeFailed, endpoints
 from hraftd.entries import Entry, Page
 from hraftd.errors import HraftdError, OutcomeUnknownError, PreconditionFailedError, UnavailableError
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Entry", "OutcomeUnknown", "Page", "PreconditionFailed",
-           "Unavailable"]
+__all__ = ["AsyncClient", "Client", "ClientError", "Election", "Entry", "Lease", "Lock", "OutcomeUnknown", "Page",
+           "PreconditionFailed", "Unavailable"]
 _PAGE_SIZE = 1000  # keys per request when iterating over a range (the server's largest page)
 _BACKOFF = (0.05, 1.0)  # the first and the longest pause once every node has failed in a row
 _WRITES = frozenset({"set", "delete", "delete_prefix"})  # the operations of a transaction that change data
@@ -160,13 +160,15 @@ class Client:
 
     # ----- writes -----
 
-    def set(self, key: str, value: Any, *, idempotency_key: str | None = None) -> int:
+    def set(self, key: str, value: Any, *, lease: int | None = None, idempotency_key: str | None = None) -> int:
         """Write one key; returns the data's revision after the write (the key's new ``mod_revision``)."""
-        return self.update({key: value}, idempotency_key=idempotency_key)
+        return self.update({key: value}, lease=lease, idempotency_key=idempotency_key)
 
-    def update(self, items: Mapping[str, Any], *, idempotency_key: str | None = None) -> int:
-        """Write all the pairs atomically; returns the data's revision after the write."""
-        return self._write("POST", "/key", dict(items), idempotency_key)["revision"]
+    def update(self, items: Mapping[str, Any], *, lease: int | None = None,
+               idempotency_key: str | None = None) -> int:
+        """Write all the pairs atomically; returns the data's revision after the write. ``lease``: the keys
+        are deleted when that lease ends (``ClientError`` ``lease_not_found`` if it has: nothing written)."""
+        return self._write("POST", "/key" + _query({"lease": lease}), dict(items), idempotency_key)["revision"]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})
@@ -198,6 +200,37 @@ class Client:
                                                body["failure"] if isinstance(operation, dict)):
             return self._call("POST", "/txn", body, changes=False)  # reads only: nothing to apply twice
         return self._write("POST", "/txn", body, idempotency_key)
+
+    # ----- leases and the recipes built on them (hraftd.recipes) -----
+
+    def lease_grant(self, ttl: float, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """A new lease of ``ttl`` seconds (1 to 86,400): ``{"id", "ttl"}``."""
+        return self._write("POST", "/lease", {"ttl": ttl}, idempotency_key)
+
+    def lease_keepalive(self, lease_id: int, *, deadline: float | None = None, timeout: float | None = None) -> float:
+        """Renew the lease to its full ttl (returned). ``deadline``, ``timeout``: this call's own."""
+        return self._call("POST", f"/lease/{int(lease_id)}/keepalive", changes=False, deadline=deadline,
+                          timeout=timeout)["ttl"]
+
+    def lease_revoke(self, lease_id: int, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """End the lease and delete its keys: ``{"revoked", "deleted", "revision"}``."""
+        return self._write("DELETE", f"/lease/{int(lease_id)}", None, idempotency_key)
+
+    def lease_info(self, lease_id: int) -> dict[str, Any]:
+        """``{"id", "ttl", "remaining", "keys"}`` as the leader knows them."""
+        return self._call("GET", f"/lease/{int(lease_id)}")
+
+    def lease(self, ttl: float) -> Lease:
+        """A lease kept alive in the background while ``with client.lease(ttl) as lease:`` runs."""
+        return Lease(self, ttl)
+
+    def lock(self, name: str, ttl: float = 10.0) -> Lock:
+        """A lock: ``with client.lock(name) as fencing_token:``; see ``hraftd.recipes.Lock``."""
+        return Lock(self, name, ttl)
+
+    def election(self, name: str, ttl: float = 10.0) -> Election:
+        """A leader election: ``campaign(value)``, ``leader()``, ``resign()``; see ``hraftd.recipes.Election``."""
+        return Election(self, name, ttl)
 
     # ----- the cluster -----
 
@@ -240,10 +273,13 @@ class Client:
         return self._call(method, path, body, idempotency_key or uuid.uuid4().hex)
 
     def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None, *,
-              changes: bool | None = None) -> Any:
+              changes: bool | None = None, deadline: float | None = None, timeout: float | None = None) -> Any:
         """The answer of the first node that gives a definite one, trying until the deadline. ``changes``: the
-        request may change the data (by default, any but a GET), so an attempt without an answer may have."""
+        request may change the data (by default, any but a GET), so an attempt without an answer may have.
+        ``deadline``, ``timeout``: instead of the client's."""
         changes = method != "GET" if changes is None else changes
+        deadline = self.deadline if deadline is None else deadline
+        timeout = self.timeout if timeout is None else timeout
         started = time.monotonic()
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -256,7 +292,7 @@ class Client:
         while True:
             endpoint = self._endpoint()
             try:
-                status, answer_headers, raw = endpoint.exchange(method, path, data, headers, self.timeout)
+                status, answer_headers, raw = endpoint.exchange(method, path, data, headers, timeout)
             except ExchangeFailed as failure:
                 if isinstance(failure.__cause__, ssl.SSLCertVerificationError):
                     raise Unavailable(None, "unavailable", str(failure)) from failure.__cause__
@@ -273,17 +309,17 @@ class Client:
                 maybe_applied |= status == 504 and changes
             failures_in_a_row += 1
             self._fail_over(endpoint)
-            if time.monotonic() - started >= self.deadline:
+            if time.monotonic() - started >= deadline:
                 if maybe_applied:
                     raise OutcomeUnknown(last.status, "outcome_unknown", f"no definite answer within the "
-                                         f"deadline ({self.deadline} s); the last: {last}") from last.__cause__
+                                         f"deadline ({deadline} s); the last: {last}") from last.__cause__
                 if isinstance(last, Unavailable):
                     raise last from last.__cause__
                 raise Unavailable(last.status, last.code, last.message)
             if failures_in_a_row % len(self._endpoints) == 0:  # every node failed: pause before the next round
                 rounds = failures_in_a_row // len(self._endpoints)
                 pause = min(_BACKOFF[0] * 2 ** (rounds - 1), _BACKOFF[1])
-                time.sleep(max(min(pause, self.deadline - (time.monotonic() - started)), 0))
+                time.sleep(max(min(pause, deadline - (time.monotonic() - started)), 0))
 
     def _endpoint(self) -> Endpoint:
         with self._lock:
@@ -348,3 +384,4 @@ def _query(parameters: dict[str, Any]) -> str:
 
 
 from hraftd.aioclient import AsyncClient  # noqa: E402  (it builds on Client)
+from hraftd.recipes import Election, Lease, Lock  # noqa: E402  (the client's lease, lock and election)

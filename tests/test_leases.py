@@ -1,0 +1,281 @@
+"""Leases on real nodes: grant, attach, keepalive, revoke and their refusals; expiry within its bounds, also
+through a leader failover; the client's lease and election recipes.
+
+Times are ``time.monotonic()`` of this process. A key "seen" at a time means an answer read then; an expiry is
+"seen" at the first answer that no longer finds the key, so it happened before that answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from nodes import Cluster, Node, wait_for
+
+from hraftd.client import Client, ClientError
+
+ROOT = Path(__file__).resolve().parent.parent
+TTL = 2.0
+
+
+def leader_of(nodes: list[Node]) -> Node:
+    def agreed() -> Node | None:
+        names = {(node.status()["leader"] or {}).get("id") for node in nodes}
+        return next((n for n in nodes if n.name in names), None) if len(names) == 1 else None
+
+    return wait_for(agreed, 30, "the nodes to agree on a leader")
+
+
+def grant(node: Node, ttl: float) -> int:
+    answer = requests.post(f"{node.url}/lease", json={"ttl": ttl}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["ttl"] == ttl
+    return answer.json()["id"]
+
+
+def keepalive(node: Node, lease: int) -> requests.Response:
+    return requests.post(f"{node.url}/lease/{lease}/keepalive", timeout=10)
+
+
+def write(node: Node, items: dict, **params) -> requests.Response:
+    return requests.post(f"{node.url}/key", params=params, json=items, timeout=10)
+
+
+def revision(node: Node) -> int:
+    return requests.get(f"{node.url}/keys", params={"count_only": "true"}, timeout=10).json()["revision"]
+
+
+@pytest.fixture(scope="module")
+def nodes(three_nodes) -> list[Node]:
+    return three_nodes
+
+
+def test_a_lease_holds_its_keys_while_kept_alive_through_any_node_and_its_revoke_deletes_them_at_once(nodes):
+    leader = leader_of(nodes)
+    follower = next(node for node in nodes if node is not leader)
+    lease = grant(follower, 1)
+    assert write(follower, {"svc/a": 1, "svc/b": 2}, lease=lease).status_code == 200
+    txn = requests.post(f"{follower.url}/txn", json={"success": [{"set": {"svc/c": 3}, "lease": lease}]}, timeout=10)
+    assert txn.status_code == 200 and txn.json()["succeeded"], txn.text
+    until = time.monotonic() + 2.5  # more than twice the ttl: only the keepalives (via a follower) keep it
+    while time.monotonic() < until:
+        renewed = keepalive(nodes[(int(until * 10)) % 3], lease)
+        assert renewed.status_code == 200 and renewed.json() == {"id": lease, "ttl": 1}, renewed.text
+        time.sleep(0.25)
+    info = requests.get(f"{follower.url}/lease/{lease}", timeout=10).json()
+    assert info["keys"] == ["svc/a", "svc/b", "svc/c"] and info["ttl"] == 1 and 0.5 < info["remaining"] <= 1
+    before = revision(leader)
+    revoked = requests.delete(f"{follower.url}/lease/{lease}", timeout=10)
+    assert revoked.json() == {"revoked": True, "deleted": 3, "revision": before + 1}, revoked.text
+    assert all(follower.get(key).status_code == 404 for key in ("svc/a", "svc/b", "svc/c"))
+    for answer in (keepalive(leader, lease), requests.get(f"{leader.url}/lease/{lease}", timeout=10),
+                   requests.delete(f"{follower.url}/lease/{lease}", timeout=10)):
+        assert answer.status_code == 404 and answer.json()["code"] == "lease_not_found", answer.text
+
+
+@pytest.mark.parametrize("body", [{"ttl": 0}, {"ttl": 0.5}, {"ttl": 86401}, {"ttl": "5"}, {"ttl": True},
+                                  {"ttl": None}, {}, {"ttl": 5, "keys": []}])
+def test_a_bad_ttl_is_refused_and_grants_nothing(nodes, body):
+    answer = requests.post(f"{nodes[0].url}/lease", json=body, timeout=10)
+    assert answer.status_code == 400 and answer.json()["code"] in ("bad_ttl", "bad_field"), answer.text
+
+
+def test_an_unknown_or_malformed_lease_is_refused_and_nothing_is_written(nodes):
+    node = nodes[1]
+    before = revision(node)
+    for bad in ("abc", "0", "-1", "1.5", "99999999999999999999"):
+        for method, path in (("GET", f"/lease/{bad}"), ("DELETE", f"/lease/{bad}"),
+                             ("POST", f"/lease/{bad}/keepalive")):
+            answer = requests.request(method, node.url + path, timeout=10)
+            assert answer.status_code == 400 and answer.json()["code"] == "bad_lease_id", (method, path, answer.text)
+        assert write(node, {"x": 1}, lease=bad).json()["code"] == "bad_lease_id"
+    missing = 10**9
+    for method, path in (("GET", f"/lease/{missing}"), ("DELETE", f"/lease/{missing}"),
+                         ("POST", f"/lease/{missing}/keepalive")):
+        answer = requests.request(method, node.url + path, timeout=10)
+        assert answer.status_code == 404 and answer.json()["code"] == "lease_not_found", (method, path, answer.text)
+    answer = write(node, {"x": 1, "y": 2}, lease=missing)
+    assert answer.status_code == 404 and answer.json()["code"] == "lease_not_found", answer.text
+    for operation in ({"set": {"x": 1}, "lease": missing}, {"lease": missing, "set": {"x": 1}}):
+        answer = requests.post(f"{node.url}/txn", json={"success": [{"set": {"y": 1}}, operation]}, timeout=10)
+        assert answer.status_code == 404 and answer.json()["code"] == "lease_not_found", answer.text
+    for operation in ({"set": {"x": 1}, "lease": "1"}, {"set": {"x": 1}, "lease": 0}, {"get": "x", "lease": 1}):
+        answer = requests.post(f"{node.url}/txn", json={"success": [operation]}, timeout=10)
+        assert answer.status_code == 400, answer.text
+    assert revision(node) == before and node.get("x").status_code == 404 and node.get("y").status_code == 404
+
+
+def watch_expiry(nodes: list[Node], key: str, give_up: float) -> tuple[float, float]:
+    """Poll ``key`` on the live nodes in turn: (the time of the last answer that found it, of the first that
+    did not). Answers other than 200 and 404 (an election) prove nothing either way."""
+    last_seen = -1.0
+    turn = 0
+    while time.monotonic() < give_up:
+        node = nodes[turn % len(nodes)]
+        turn += 1
+        try:
+            answer = node.get(key)
+        except requests.RequestException:
+            continue
+        answered = time.monotonic()
+        if answer.status_code == 200:
+            last_seen = answered
+        elif answer.status_code == 404:
+            return last_seen, answered
+        time.sleep(0.02)
+    raise AssertionError(f"{key} still exists at the deadline")
+
+
+def kept_alive_then_abandoned(node: Node, lease: int, seconds: float) -> float:
+    """Keepalives every ttl/4 for ``seconds`` (more than a ttl), then none: the time the last was sent."""
+    until = time.monotonic() + seconds
+    while True:
+        sent = time.monotonic()
+        assert keepalive(node, lease).status_code == 200
+        if sent > until:
+            return sent
+        time.sleep(TTL / 4)
+
+
+def test_a_lease_of_2_s_whose_owner_stops_ends_2_to_3_s_after_its_last_keepalive(nodes):
+    node = nodes[2]
+    lease = grant(node, TTL)
+    write(node, {"owned/by-the-dead": 1}, lease=lease)
+    last_keepalive = kept_alive_then_abandoned(node, lease, 2.5)
+    last_seen, gone = watch_expiry(nodes, "owned/by-the-dead", last_keepalive + TTL + 5)
+    print(f"last seen {last_seen - last_keepalive:.2f} s, gone {gone - last_keepalive:.2f} s after the last keepalive")
+    assert gone > last_keepalive + TTL, "expired before its ttl had run out"
+    assert gone < last_keepalive + TTL + 1.0, "the leader was late to expire it"
+
+
+def test_a_leader_failover_renews_every_lease_to_its_full_ttl_and_the_abandoned_one_still_expires(cluster):
+    """The owner of lease A stops at t0 (its last keepalive); the leader is killed at t0 + 1 s. The new leader,
+    elected at tL > t0 + 1, gives A its full ttl from tL: A's keys must exist until t0 + 1 + ttl (3 s after the
+    owner stopped: more than the 2 s of a lease without failover, since no leader may end a lease less than a
+    ttl after it took office), and be gone by tL' + ttl + 1 s, tL' the time the new leader was seen. Lease B,
+    kept alive by the client's recipe across the failover, keeps its key."""
+    nodes = cluster.start(3)
+    leader = leader_of(nodes)
+    survivors = [node for node in nodes if node is not leader]
+    lease = grant(leader, TTL)
+    write(leader, {"owned/by-the-dead": 1}, lease=lease)
+    with Client([node.http_addr for node in nodes], timeout=2.0) as client, client.lease(TTL) as kept:
+        client.set("owned/by-the-living", 1, lease=kept.id)
+        last_keepalive = kept_alive_then_abandoned(leader, lease, 2.5)  # longer than a ttl: grant time is stale
+        time.sleep(max(last_keepalive + 1.0 - time.monotonic(), 0))
+        killed = time.monotonic()
+        leader.kill()
+        new_leader = leader_of(survivors)
+        elected_seen = time.monotonic()
+        last_seen, gone = watch_expiry(survivors, "owned/by-the-dead", killed + TTL + 10)
+        print(f"after the last keepalive: killed {killed - last_keepalive:.2f} s, new leader {new_leader.name} seen "
+              f"{elected_seen - last_keepalive:.2f} s, last seen {last_seen - last_keepalive:.2f} s, gone "
+              f"{gone - last_keepalive:.2f} s")
+        assert gone > killed + TTL, "a lease expired less than a ttl after the new leader took office"
+        assert gone < elected_seen + TTL + 1.0, "the new leader was late to expire the abandoned lease"
+        assert client.get("owned/by-the-living") == 1 and kept.alive
+
+
+CANDIDATE = """
+import sys, time
+from hraftd.client import Client
+client = Client(sys.argv[1].split(","), timeout=2.0)
+election = client.election("scheduler", ttl=1)
+election.campaign("first")
+print("elected", flush=True)
+time.sleep(60)
+"""
+
+
+def test_an_election_hands_office_to_the_next_candidate_when_the_leader_dies_or_resigns(nodes):
+    addresses = [node.http_addr for node in nodes]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", CANDIDATE, ",".join(addresses)], stdout=subprocess.PIPE,
+                             text=True, env=env)
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "elected\n"
+        with Client(addresses, timeout=2.0) as client:
+            election = client.election("scheduler", ttl=1)
+            assert election.leader() == "first" and not election.is_leader
+            with pytest.raises(TimeoutError):
+                election.campaign("second", timeout=0.5)
+            first.kill()
+            killed = time.monotonic()
+            token = election.campaign("second", timeout=10)
+            took = time.monotonic() - killed
+            print(f"elected {took:.2f} s after the leader was killed")
+            assert election.is_leader and election.leader() == "second" and token == election.token
+            assert took < 1 + 1.0, "office passed later than a ttl after the leader's last keepalive, plus slack"
+            election.resign()
+            assert election.leader() is None and not election.is_leader
+    finally:
+        first.kill()
+        first.wait(10)
+
+
+def test_a_lease_recipe_revokes_on_exit_and_reports_an_ended_lease(nodes):
+    with Client([node.http_addr for node in nodes], timeout=2.0) as client:
+        with client.lease(1) as lease:
+            client.update({"eph/a": 1, "eph/b": 2}, lease=lease.id)
+            assert lease.alive and 0 < lease.remaining <= 1
+            time.sleep(1.2)  # the keepalives carry it past its ttl
+            assert client.get("eph/a") == 1 and lease.alive
+        assert client.get("eph/a") is None and not lease.alive
+        other = client.lease(1).grant()
+        client.lease_revoke(other.id)  # ended behind the recipe's back: it notices at its next keepalive
+        wait_for(lambda: not other.alive, 3, "the recipe to notice its lease has ended")
+        other.revoke()
+        with pytest.raises(ClientError) as refused:
+            client.set("eph/c", 1, lease=other.id)
+        assert refused.value.status == 404 and refused.value.code == "lease_not_found"
+
+
+def kill_leader(cluster: Cluster, nodes: list[Node]) -> Node:
+    leader = leader_of(nodes)
+    leader.kill()
+    leader.start(None)
+    return leader
+
+
+def test_a_lock_contended_by_5_processes_while_the_leader_is_killed_twice_is_never_held_by_two(cluster, tmp_path):
+    """Each holder logs [acquired, released] with its fencing token. A holder is sure of the lock from when its
+    acquire returned until it releases, or until its lease's keepalives have failed for a ttl, whichever is
+    first; those spans must never overlap, and tokens must grow in the order of acquisition."""
+    nodes = cluster.start(3)
+    log_path = tmp_path / "holds.jsonl"
+    seconds = 30.0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holders = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "lockholder.py"),
+                                 json.dumps([node.http_addr for node in nodes]), str(log_path), str(seconds)],
+                                env=env, stderr=subprocess.PIPE, text=True) for _ in range(5)]
+    began = time.monotonic()
+    try:
+        killed = []
+        for at in (seconds / 3, 2 * seconds / 3):
+            time.sleep(max(began + at - time.monotonic(), 0))
+            killed.append(kill_leader(cluster, nodes).name)
+            for node in nodes:
+                node.wait_ready()
+        for holder in holders:
+            _, errors = holder.communicate(timeout=seconds + 60)
+            assert holder.returncode == 0, errors
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait(10)
+    holds = sorted((json.loads(line) for line in log_path.read_text().splitlines()), key=lambda h: h["acquired"])
+    lost = [hold for hold in holds if hold["valid_until"] < hold["released"]]
+    print(f"{len(holds)} holds by {len({h['pid'] for h in holds})} processes, leaders killed: {killed}, "
+          f"{len(lost)} ended by a lost lease")
+    assert len(holds) > 50 and len({hold["pid"] for hold in holds}) == 5
+    for before, after in itertools.pairwise(holds):
+        assert after["token"] > before["token"], (before, after)
+        assert after["acquired"] > min(before["released"], before["valid_until"]), (before, after)
+
