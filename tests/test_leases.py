@@ -64,12 +64,14 @@ def test_a_lease_holds_its_keys_while_kept_alive_through_any_node_and_its_revoke
     assert write(follower, {"svc/a": 1, "svc/b": 2}, lease=lease).status_code == 200
     txn = requests.post(f"{follower.url}/txn", json={"success": [{"set": {"svc/c": 3}, "lease": lease}]}, timeout=10)
     assert txn.status_code == 200 and txn.json()["succeeded"], txn.text
-    until = time.monotonic() + 2.5  # more than twice the ttl: only the keepalives (via a follower) keep it
+    until = time.monotonic() + 2.5  # more than twice the ttl: only the keepalives (to a follower) keep it
     while time.monotonic() < until:
-        renewed = keepalive(nodes[(int(until * 10)) % 3], lease)
+        renewed = keepalive(follower, lease)
         assert renewed.status_code == 200 and renewed.json() == {"id": lease, "ttl": 1}, renewed.text
         time.sleep(0.25)
-    info = requests.get(f"{follower.url}/lease/{lease}", timeout=10).json()
+    answer = requests.get(f"{follower.url}/lease/{lease}", timeout=10)
+    assert answer.status_code == 200, answer.text
+    info = answer.json()
     assert info["keys"] == ["svc/a", "svc/b", "svc/c"] and info["ttl"] == 1 and 0.5 < info["remaining"] <= 1
     before = revision(leader)
     revoked = requests.delete(f"{follower.url}/lease/{lease}", timeout=10)
