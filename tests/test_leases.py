@@ -10,14 +10,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 from nodes import Cluster, Node, wait_for
+from test_recipes import recipe, run
 
 from hraftd.client import Client, ClientError
 
@@ -237,6 +240,44 @@ def test_a_lease_recipe_revokes_on_exit_and_reports_an_ended_lease(nodes):
         with pytest.raises(ClientError) as refused:
             client.set("eph/c", 1, lease=other.id)
         assert refused.value.status == 404 and refused.value.code == "lease_not_found"
+
+
+def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def test_service_discovery_lists_three_services_and_drops_the_one_killed(nodes, tmp_path):
+    """python.md's discovery recipe as written: three services register, a fourth process watches the prefix
+    (by polling the range) and sees them come, then sees the killed one go, a lease ttl (3 s) later."""
+    path = recipe("discovery.py", nodes, tmp_path)
+    watcher = run(path, "watch")
+    services = {name: run(path, "register", name, f"10.0.0.{n}:80") for n, name in enumerate(("a", "b", "c"))}
+    try:
+        seen = lines_of(watcher)
+        for service in services.values():
+            assert service.stdout is not None and service.stdout.readline() == "registered\n"
+        assert sorted(seen.get(timeout=10) for _ in range(3)) == ["up a 10.0.0.0:80", "up b 10.0.0.1:80",
+                                                                   "up c 10.0.0.2:80"]
+        services["b"].kill()
+        killed = time.monotonic()
+        assert seen.get(timeout=3 + 3) == "down b"
+        took = time.monotonic() - killed
+        print(f"the watcher saw b go {took:.2f} s after it was killed")
+        assert took > 3 - 3 / 3, "gone before a ttl after its last keepalive could have passed"
+        with pytest.raises(queue.Empty):
+            seen.get(timeout=1)  # a and c stay
+    finally:
+        for process in (watcher, *services.values()):
+            process.kill()
+            process.wait(10)
 
 
 def kill_leader(cluster: Cluster, nodes: list[Node]) -> Node:
