@@ -165,13 +165,14 @@ def test_a_leader_failover_renews_every_lease_to_its_full_ttl_and_the_abandoned_
     elected at tL > t0 + 1, gives A its full ttl from tL: A's keys must exist until t0 + 1 + ttl (3 s after the
     owner stopped: more than the 2 s of a lease without failover, since no leader may end a lease less than a
     ttl after it took office), and be gone by tL' + ttl + 1 s, tL' the time the new leader was seen. Lease B,
-    kept alive by the client's recipe across the failover, keeps its key."""
+    kept alive by the client's recipe across the failover, keeps its key (its ttl of 5 s leaves its keepalives
+    room for the election on a busy machine)."""
     nodes = cluster.start(3)
     leader = leader_of(nodes)
     survivors = [node for node in nodes if node is not leader]
     lease = grant(leader, TTL)
     write(leader, {"owned/by-the-dead": 1}, lease=lease)
-    with Client([node.http_addr for node in nodes], timeout=2.0) as client, client.lease(TTL) as kept:
+    with Client([node.http_addr for node in nodes], timeout=2.0) as client, client.lease(5) as kept:
         client.set("owned/by-the-living", 1, lease=kept.id)
         last_keepalive = kept_alive_then_abandoned(leader, lease, 2.5)  # longer than a ttl: grant time is stale
         time.sleep(max(last_keepalive + 1.0 - time.monotonic(), 0))
@@ -217,7 +218,7 @@ def test_an_election_hands_office_to_the_next_candidate_when_the_leader_dies_or_
             took = time.monotonic() - killed
             print(f"elected {took:.2f} s after the leader was killed")
             assert election.is_leader and election.leader() == "second" and token == election.token
-            assert took < 1 + 1.0, "office passed later than a ttl after the leader's last keepalive, plus slack"
+            assert took < 1 + 2.0, "office passed later than a ttl after the leader's last keepalive, plus slack"
             election.resign()
             assert election.leader() is None and not election.is_leader
     finally:
@@ -227,10 +228,10 @@ def test_an_election_hands_office_to_the_next_candidate_when_the_leader_dies_or_
 
 def test_a_lease_recipe_revokes_on_exit_and_reports_an_ended_lease(nodes):
     with Client([node.http_addr for node in nodes], timeout=2.0) as client:
-        with client.lease(1) as lease:
+        with client.lease(1.5) as lease:
             client.update({"eph/a": 1, "eph/b": 2}, lease=lease.id)
-            assert lease.alive and 0 < lease.remaining <= 1
-            time.sleep(1.2)  # the keepalives carry it past its ttl
+            assert lease.alive and 0 < lease.remaining <= 1.5
+            time.sleep(2)  # the keepalives carry it past its ttl
             assert client.get("eph/a") == 1 and lease.alive
         assert client.get("eph/a") is None and not lease.alive
         other = client.lease(1).grant()
