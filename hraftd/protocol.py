@@ -18,6 +18,7 @@ from typing import Any
 from hraftd.auth import TokenFile, allows
 from hraftd.errors import (
     ClosedError,
+    CompactedError,
     HraftdError,
     InsufficientStorageError,
     MembershipConflictError,
@@ -44,6 +45,7 @@ _STATUS_OF = {
     UnknownMemberError: 404,
     MembershipConflictError: 409,
     WrongSecretError: 403,
+    CompactedError: 410,
 }
 
 
@@ -52,6 +54,7 @@ _STATUS_OF = {
 ROLE_OF_ENDPOINT = {
     "get_key": "read",
     "list_keys": "read",
+    "watch": "read",
     "status": "read",
     "metrics": "read",
     "backup": "read",
@@ -71,6 +74,7 @@ PARAMETERS_OF_ENDPOINT = {
     "delete_key": frozenset({"if_revision"}),
     "list_keys": frozenset({"prefix", "start_after", "limit", "keys_only", "count_only", "level"}),
     "delete_keys": frozenset({"prefix"}),
+    "watch": frozenset({"key", "prefix", "since", "timeout"}),
 }
 # A range answers at most this many keys (a page), DEFAULT_PAGE_SIZE unless asked; and stops early once its
 # items take PAGE_BYTES of JSON, so that no answer grows with the store.
@@ -158,6 +162,20 @@ def page_size(value: str | None) -> int:
     return number
 
 
+def wait_seconds(value: str | None, default: float, maximum: float) -> float:
+    """A ``timeout`` query parameter: seconds from 0 to ``maximum``, ``default`` when absent."""
+    if value is None:
+        return default
+    try:
+        seconds = float(value) if value.isascii() and len(value) <= 20 else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= maximum:  # NaN too
+        raise BadRequest(f"timeout must be a number of seconds from 0 to {maximum:g}, not {value[:100]!r}",
+                         "bad_parameter")
+    return seconds
+
+
 def _whole_number(text: str, max_digits: int) -> int | None:
     """The number that ASCII digits spell, if it has at most ``max_digits`` significant ones; else None."""
     significant = text.lstrip("0")
@@ -207,6 +225,8 @@ def error_details(error: HraftdError) -> dict[str, Any] | None:
     """The fields an error answer has beyond ``error`` and ``code``."""
     if isinstance(error, PreconditionFailedError):
         return {"current_revision": error.current_revision}
+    if isinstance(error, CompactedError):
+        return {"oldest_revision": error.oldest_revision}
     return None
 
 
