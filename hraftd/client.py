@@ -24,12 +24,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from hraftd.clientwatch import Watch
 from hraftd.endpoints import Endpoint, ExchangeFailed, endpoints
 from hraftd.entries import Entry, Page
-from hraftd.errors import HraftdError, OutcomeUnknownError, PreconditionFailedError, UnavailableError
+from hraftd.errors import CompactedError, HraftdError, OutcomeUnknownError, PreconditionFailedError, UnavailableError
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Entry", "OutcomeUnknown", "Page", "PreconditionFailed",
-           "Unavailable"]
+__all__ = ["AsyncClient", "Client", "ClientError", "Compacted", "Entry", "OutcomeUnknown", "Page",
+           "PreconditionFailed", "Unavailable", "Watch"]
 _PAGE_SIZE = 1000  # keys per request when iterating over a range (the server's largest page)
 _BACKOFF = (0.05, 1.0)  # the first and the longest pause once every node has failed in a row
 _WRITES = frozenset({"set", "delete", "delete_prefix"})  # the operations of a transaction that change data
@@ -52,6 +53,15 @@ class PreconditionFailed(ClientError, PreconditionFailedError):
     def __init__(self, status: int | None, code: str, message: str, current_revision: int) -> None:
         ClientError.__init__(self, status, code, message)
         self.current_revision = current_revision
+
+
+class Compacted(ClientError, CompactedError):
+    """A watch asked for changes older than the node keeps. ``oldest_revision``: the oldest ``since`` it can
+    answer. Read the keys again (``page`` gives their revision) and watch from there."""
+
+    def __init__(self, status: int | None, code: str, message: str, oldest_revision: int) -> None:
+        ClientError.__init__(self, status, code, message)
+        self.oldest_revision = oldest_revision
 
 
 class Unavailable(ClientError, UnavailableError):
@@ -158,6 +168,23 @@ class Client:
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return ((entry.key, entry.value) for entry in self.range(prefix))
 
+    def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,
+              timeout: float = 60.0) -> Watch:
+        """The changes of ``key``, or of the keys under ``prefix`` (neither: every key), after revision ``since``
+        (None: from now), as an endless iterator of ``{"type", "key", "value", "mod_revision"}``, waiting for
+        each. It asks one node at a time, ``timeout`` seconds per request, fails over like every call, and
+        resumes after the last revision answered: no change is skipped or repeated. ``Compacted`` when the
+        node no longer keeps the changes after ``since``; ``Unavailable`` when no node answered for longer
+        than the deadline."""
+        if key is not None and prefix is not None:
+            raise ValueError("watch a key or a prefix, not both")
+
+        def poll(after: int | None) -> dict[str, Any]:
+            query = {"key": key, "prefix": prefix or None, "since": after, "timeout": f"{timeout:g}"}
+            return self._call("GET", "/watch" + _query(query), attempt_timeout=timeout + self.timeout)
+
+        return Watch(poll, since)
+
     # ----- writes -----
 
     def set(self, key: str, value: Any, *, idempotency_key: str | None = None) -> int:
@@ -240,9 +267,10 @@ class Client:
         return self._call(method, path, body, idempotency_key or uuid.uuid4().hex)
 
     def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None, *,
-              changes: bool | None = None) -> Any:
+              changes: bool | None = None, attempt_timeout: float | None = None) -> Any:
         """The answer of the first node that gives a definite one, trying until the deadline. ``changes``: the
-        request may change the data (by default, any but a GET), so an attempt without an answer may have."""
+        request may change the data (by default, any but a GET), so an attempt without an answer may have.
+        ``attempt_timeout``: instead of ``timeout``, for a request the node answers late on purpose."""
         changes = method != "GET" if changes is None else changes
         started = time.monotonic()
         data = None if body is None else json.dumps(body).encode()
@@ -256,7 +284,8 @@ class Client:
         while True:
             endpoint = self._endpoint()
             try:
-                status, answer_headers, raw = endpoint.exchange(method, path, data, headers, self.timeout)
+                status, answer_headers, raw = endpoint.exchange(method, path, data, headers,
+                                                                 attempt_timeout or self.timeout)
             except ExchangeFailed as failure:
                 if isinstance(failure.__cause__, ssl.SSLCertVerificationError):
                     raise Unavailable(None, "unavailable", str(failure)) from failure.__cause__
@@ -324,6 +353,8 @@ def _error(status: int, content_type: str, answer: Any, endpoint: Endpoint) -> C
     code, message = answer["code"], str(answer.get("error", ""))
     if status == 412 and isinstance(answer.get("current_revision"), int):
         return PreconditionFailed(status, code, message, answer["current_revision"])
+    if status == 410 and isinstance(answer.get("oldest_revision"), int):
+        return Compacted(status, code, message, answer["oldest_revision"])
     if status == 503:
         return Unavailable(status, code, message)
     if status == 504:
