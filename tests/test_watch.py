@@ -98,6 +98,22 @@ def test_a_long_poll_answers_at_once_waits_and_times_out(nodes):
         ("delete", "lp/a", None, deleted), ("delete", "lp/b", None, deleted), ("delete", "lp/c", None, deleted)]
 
 
+def test_a_since_not_yet_reached_waits_for_it(nodes):
+    node = nodes[0]
+    now = revision_of(node)
+    assert watch(node, since=now + 1, timeout=0).json() == {"revision": now + 1, "events": []}
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(watch(nodes[2], key="ahead", since=now + 1,
+                                                                   timeout=20).json()))
+    waiting.start()
+    first = write(node, {"ahead": 1})
+    assert first == now + 1
+    second = write(node, {"ahead": 2})
+    waiting.join(10)
+    assert answers == [{"revision": second, "events": [
+        {"type": "set", "key": "ahead", "value": 2, "mod_revision": second}]}]
+
+
 def test_a_watch_without_since_starts_after_every_acknowledged_write(leader_and_follower):
     leader, follower = leader_and_follower
     for round_number in range(30):
