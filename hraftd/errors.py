@@ -89,3 +89,14 @@ class InsufficientStorageError(HraftdError):
 
     code = "insufficient_storage"
 
+
+
+class CompactedError(HraftdError):
+    """A watch asked for events older than the node still keeps: ``oldest_revision`` is the oldest ``since`` it
+    can answer. Read the keys again (a range gives their revision) and watch from there."""
+
+    code = "compacted"
+
+    def __init__(self, message: str, oldest_revision: int) -> None:
+        super().__init__(message)
+        self.oldest_revision = oldest_revision

@@ -19,6 +19,7 @@ from hraftd.auth import TokenFile, allows
 from hraftd.commands import BadCommand, check_lease_ttl
 from hraftd.errors import (
     ClosedError,
+    CompactedError,
     HraftdError,
     InsufficientStorageError,
     LeaseNotFoundError,
@@ -47,6 +48,7 @@ _STATUS_OF = {
     LeaseNotFoundError: 404,
     MembershipConflictError: 409,
     WrongSecretError: 403,
+    CompactedError: 410,
 }
 
 
@@ -55,6 +57,7 @@ _STATUS_OF = {
 ROLE_OF_ENDPOINT = {
     "get_key": "read",
     "list_keys": "read",
+    "watch": "read",
     "status": "read",
     "metrics": "read",
     "backup": "read",
@@ -78,6 +81,7 @@ PARAMETERS_OF_ENDPOINT = {
     "delete_key": frozenset({"if_revision"}),
     "list_keys": frozenset({"prefix", "start_after", "limit", "keys_only", "count_only", "level"}),
     "delete_keys": frozenset({"prefix"}),
+    "watch": frozenset({"key", "prefix", "since", "timeout"}),
 }
 # A range answers at most this many keys (a page), DEFAULT_PAGE_SIZE unless asked; and stops early once its
 # items take PAGE_BYTES of JSON, so that no answer grows with the store.
@@ -188,6 +192,20 @@ def page_size(value: str | None) -> int:
     return number
 
 
+def wait_seconds(value: str | None, default: float, maximum: float) -> float:
+    """A ``timeout`` query parameter: seconds from 0 to ``maximum``, ``default`` when absent."""
+    if value is None:
+        return default
+    try:
+        seconds = float(value) if value.isascii() and len(value) <= 20 else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= maximum:  # NaN too
+        raise BadRequest(f"timeout must be a number of seconds from 0 to {maximum:g}, not {value[:100]!r}",
+                         "bad_parameter")
+    return seconds
+
+
 def _whole_number(text: str, max_digits: int) -> int | None:
     """The number that ASCII digits spell, if it has at most ``max_digits`` significant ones; else None."""
     significant = text.lstrip("0")
@@ -237,6 +255,8 @@ def error_details(error: HraftdError) -> dict[str, Any] | None:
     """The fields an error answer has beyond ``error`` and ``code``."""
     if isinstance(error, PreconditionFailedError):
         return {"current_revision": error.current_revision}
+    if isinstance(error, CompactedError):
+        return {"oldest_revision": error.oldest_revision}
     return None
 
 

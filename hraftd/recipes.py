@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from hraftd.errors import HraftdError
 
-_POLL = (0.02, 0.5)  # first and longest pause between two looks at a held lock or office
+_WAIT = 30.0  # seconds one long poll of a watch waits for a held lock or office to be let go
 
 
 class Lease:
@@ -132,20 +133,24 @@ class _Claim:
             if answer["succeeded"]:
                 self.token = answer["revision"]
                 return self.token
-            holder = answer["results"][0]
-            self._wait_for_change(holder.get("create_revision", 0), give_up)
+            self._wait_for_change(answer["revision"], give_up)
 
-    def _wait_for_change(self, create_revision: int, give_up: float | None) -> None:
-        """Until the key is deleted or claimed anew (a bounded poll with backoff)."""
-        pause = _POLL[0]
+    def _wait_for_change(self, revision: int, give_up: float | None) -> None:
+        """Until the key held at ``revision`` is deleted (or expires) after it: long polls of a watch on it."""
+        since = revision
         while True:
-            item = self._client.item(self.key)
-            if item is None or item["create_revision"] != create_revision:
+            left = _WAIT if give_up is None else give_up - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.key} is still held")
+            try:
+                answer = self._client.watch_once(self.key, since, min(left, _WAIT))
+            except HraftdError as error:
+                if getattr(error, "code", None) == "compacted":  # too far behind to tell: look again
+                    return
+                raise
+            if any(event["type"] != "set" for event in answer["events"]):
                 return
-            if give_up is not None and time.monotonic() + pause > give_up:
-                raise TimeoutError(f"{self.key} is still held (fencing token {create_revision})")
-            time.sleep(pause)
-            pause = min(pause * 2, _POLL[1])
+            since = answer["revision"]
 
     def _release(self) -> None:
         """Delete the key if it is still ours, then end the lease."""
@@ -206,3 +211,44 @@ class Election(_Claim):
 
     def resign(self) -> None:
         self._release()
+
+
+class LeaseCalls:
+    """Mixed into ``hraftd.client.Client``: the lease requests, and the recipes above. It provides ``_call``
+    and ``_write`` (a request that fails over and retries; a write with an idempotency key)."""
+
+    def lease_grant(self: Any, ttl: float, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """A new lease of ``ttl`` seconds (1 to 86,400): ``{"id", "ttl"}``."""
+        return self._write("POST", "/lease", {"ttl": ttl}, idempotency_key)
+
+    def lease_keepalive(self: Any, lease_id: int, *, deadline: float | None = None,
+                        timeout: float | None = None) -> float:
+        """Renew the lease to its full ttl (returned). ``deadline``, ``timeout``: this call's own."""
+        return self._call("POST", f"/lease/{int(lease_id)}/keepalive", changes=False, deadline=deadline,
+                          attempt_timeout=timeout)["ttl"]
+
+    def lease_revoke(self: Any, lease_id: int, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        """End the lease and delete its keys: ``{"revoked", "deleted", "revision"}``."""
+        return self._write("DELETE", f"/lease/{int(lease_id)}", None, idempotency_key)
+
+    def lease_info(self: Any, lease_id: int) -> dict[str, Any]:
+        """``{"id", "ttl", "remaining", "keys"}`` as the leader knows them."""
+        return self._call("GET", f"/lease/{int(lease_id)}")
+
+    def watch_once(self: Any, key: str, since: int, timeout: float) -> dict[str, Any]:
+        """One long poll of ``GET /watch`` on ``key``: ``{"revision", "events"}`` after ``since``, waiting up to
+        ``timeout`` seconds for the first."""
+        query = urllib.parse.urlencode({"key": key, "since": since, "timeout": f"{timeout:g}"})
+        return self._call("GET", "/watch?" + query, attempt_timeout=timeout + self.timeout)
+
+    def lease(self, ttl: float) -> Lease:
+        """A lease kept alive in the background while ``with client.lease(ttl) as lease:`` runs."""
+        return Lease(self, ttl)
+
+    def lock(self, name: str, ttl: float = 10.0) -> Lock:
+        """A lock: ``with client.lock(name) as fencing_token:``; see ``hraftd.recipes.Lock``."""
+        return Lock(self, name, ttl)
+
+    def election(self, name: str, ttl: float = 10.0) -> Election:
+        """A leader election: ``campaign(value)``, ``leader()``, ``resign()``; see ``hraftd.recipes.Election``."""
+        return Election(self, name, ttl)

@@ -7,6 +7,7 @@ disk after a storage failure. The HTTP server is one user of it; a Python progra
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from hraftd import datadir
 from hraftd.errors import ClosedError, DataDirError, HraftdError, UnavailableError
+from hraftd.eventwindow import EventWindow, matcher
 from hraftd.leases import LeaseKeeper, LeaseOperations
 from hraftd.membership import Membership, join_proof
 from hraftd.operations import Entry, KVOperations, Page
@@ -23,7 +25,7 @@ from hraftd.outcome import Waiter, refusal, translate
 from hraftd.raft import DamagedFile, IncompatibleEngine, RaftError, RaftNode, RaftOptions
 from hraftd.raft import StorageError as RaftStorageError
 from hraftd.settings import parse_address
-from hraftd.state import KVState
+from hraftd.state import Applied, KVState
 
 LINEARIZABLE = "linearizable"
 STALE = "stale"
@@ -48,6 +50,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
     ``secret``: authenticates and encrypts Raft traffic; every node needs the same one. Without one, a node
     alone makes its own (kept in ``data_dir``); a node with peers must be given one, or ``insecure=True``.
     ``compact_log_bytes``: take a snapshot once the log holds this many bytes (memory and disk stay bounded).
+    ``watch_window``: how many recent events the node keeps for watches (``watch``).
     Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError` (may or may not be applied),
     :class:`PreconditionFailedError` and :class:`InsufficientStorageError` (not applied), :class:`ClosedError`
     after ``close``.
@@ -67,6 +70,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         insecure: bool = False,
         cluster_id: str | None = None,
         compact_log_bytes: int = 64 << 20,
+        watch_window: int = 10_000,
     ) -> None:
         self_addr = parse_address(self_addr, listen=True, raft=True)
         peers = [parse_address(peer, raft=True) for peer in peers]
@@ -88,6 +92,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         self.secret = self._choose_secret(secret, insecure, fresh)
         self._options = RaftOptions(fsync=fsync, secret=self.secret, compact_log_bytes=compact_log_bytes)
         self._closed = False
+        self.event_window = EventWindow(watch_window)
         self._reopening = threading.Lock()
         self._node = self._open_at_start()
         self.membership = Membership(self)
@@ -115,7 +120,11 @@ class ReplicatedKV(KVOperations, LeaseOperations):
 
     def _open(self, discard_after: int | None = None) -> RaftNode:
         return RaftNode(self.raft_addr, self._peers, self._data_dir, KVState(), self._options,
-                        discard_after=discard_after, on_failure=lambda error: self._reopen_soon())
+                        on_applied=self._applied, on_loaded=self.event_window.reset, discard_after=discard_after,
+                        on_failure=lambda error: self._reopen_soon())
+
+    def _applied(self, applied: list[Applied], revision: int) -> None:
+        self.event_window.add([event for each in applied for event in each.events], revision)
 
     def _open_at_start(self) -> RaftNode:
         try:
@@ -227,6 +236,26 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         machine = self._node.machine
         with machine.lock:
             return read(machine.state)
+
+    # ----- watches -----
+
+    def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,
+              timeout: float = 60.0) -> tuple[int, list[dict[str, Any]]]:
+        """The changes of ``key`` (or of the keys under ``prefix``; neither: every key) after revision ``since``,
+        waiting up to ``timeout`` seconds for the first: ``(revision, events)``, each event ``{"type": "set" |
+        "delete" | "expire", "key", "value" (set only), "mod_revision"}`` in revision order. Call again with
+        ``since=revision`` to get the next ones, none skipped or repeated. ``since=None``: from a revision at
+        least as new as every write acknowledged before the call. ``CompactedError`` when the events after
+        ``since`` are no longer kept (see ``watch_window``)."""
+        if key is not None and prefix is not None:
+            raise ValueError("watch a key or a prefix, not both")
+        if since is None:
+            self.sync_reads(LINEARIZABLE)
+            since = self.event_window.revision
+        elif type(since) is not int or since < 0:
+            raise ValueError(f"since must be a revision (a whole number from 0), not {since!r}")
+        covered, events = self.event_window.wait(since, matcher(key, prefix), timeout)
+        return covered, copy.deepcopy(events)
 
     # ----- writes -----
 

@@ -149,12 +149,17 @@ def kept_alive_then_abandoned(node: Node, lease: int, seconds: float) -> float:
         time.sleep(TTL / 4)
 
 
-def test_a_lease_of_2_s_whose_owner_stops_ends_2_to_3_s_after_its_last_keepalive(nodes):
+def test_a_lease_of_2_s_whose_owner_stops_ends_2_to_3_s_after_its_last_keepalive_in_one_expire(nodes):
     node = nodes[2]
     lease = grant(node, TTL)
-    write(node, {"owned/by-the-dead": 1}, lease=lease)
+    before = write(node, {"owned/by-the-dead": 1, "owned/too": 2}, lease=lease).json()["revision"]
     last_keepalive = kept_alive_then_abandoned(node, lease, 2.5)
     last_seen, gone = watch_expiry(nodes, "owned/by-the-dead", last_keepalive + TTL + 5)
+    changes = requests.get(f"{nodes[0].url}/watch", params={"prefix": "owned/", "since": before, "timeout": 0},
+                           timeout=10).json()["events"]
+    assert [(event["type"], event["key"]) for event in changes] == [("expire", "owned/by-the-dead"),
+                                                                      ("expire", "owned/too")]
+    assert changes[0]["mod_revision"] == changes[1]["mod_revision"]  # one entry
     print(f"last seen {last_seen - last_keepalive:.2f} s, gone {gone - last_keepalive:.2f} s after the last keepalive")
     assert gone > last_keepalive + TTL, "expired before its ttl had run out"
     assert gone < last_keepalive + TTL + 1.0, "the leader was late to expire it"
@@ -256,8 +261,8 @@ def lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
 
 
 def test_service_discovery_lists_three_services_and_drops_the_one_killed(nodes, tmp_path):
-    """python.md's discovery recipe as written: three services register, a fourth process watches the prefix
-    (by polling the range) and sees them come, then sees the killed one go, a lease ttl (3 s) later."""
+    """python.md's discovery recipe as written: three services register, a fourth process lists and watches
+    the prefix and sees them come, then sees the killed one go, a lease ttl (3 s) after its last keepalive."""
     path = recipe("discovery.py", nodes, tmp_path)
     watcher = run(path, "watch")
     services = {name: run(path, "register", name, f"10.0.0.{n}:80") for n, name in enumerate(("a", "b", "c"))}
