@@ -23,6 +23,7 @@ from nodes import Cluster, Node, wait_for
 from test_recipes import recipe, run
 
 from hraftd.client import Client, ClientError
+from hraftd.errors import LeaseNotFoundError
 
 ROOT = Path(__file__).resolve().parent.parent
 TTL = 2.0
@@ -328,3 +329,32 @@ def test_a_lock_contended_by_5_processes_while_the_leader_is_killed_twice_is_nev
         assert after["token"] > before["token"], (before, after)
         assert after["acquired"] > min(before["released"], before["valid_until"]), (before, after)
 
+
+
+def test_replicated_kv_grants_keeps_alive_revokes_and_expires_leases(kv):
+    lease = kv.lease_grant(1)
+    assert lease["ttl"] == 1
+    revision = kv.put({"in/a": 1}, lease=lease["id"])
+    assert kv.txn(success=[{"set": {"in/b": 2}, "lease": lease["id"]}])["succeeded"]
+    assert kv.item("in/a")["lease"] == lease["id"] and kv.item("in/a")["mod_revision"] == revision
+    for _ in range(4):  # 1.2 s: past the ttl, kept by the keepalives alone
+        assert kv.lease_keepalive(lease["id"]) == 1
+        time.sleep(0.3)
+    info = kv.lease_info(lease["id"])
+    assert info["keys"] == ["in/a", "in/b"] and 0.5 < info["remaining"] <= 1
+    wait_for(lambda: "in/a" not in kv and "in/b" not in kv, 3, "the abandoned lease to expire")
+    other = kv.lease_grant(5)["id"]
+    kv.put({"in/c": 3}, lease=other)
+    assert kv.lease_revoke(other)["deleted"] == 1 and "in/c" not in kv
+    for call in (kv.lease_keepalive, kv.lease_info, kv.lease_revoke):
+        with pytest.raises(LeaseNotFoundError):
+            call(other)
+    with pytest.raises(LeaseNotFoundError):
+        kv.put({"in/d": 4}, lease=other)
+    assert "in/d" not in kv
+    for bad_ttl in (0, 0.99, 86_401, "5", True, None):
+        with pytest.raises(ValueError):
+            kv.lease_grant(bad_ttl)
+    for bad_id in (0, -1, "1", 1.0):
+        with pytest.raises(ValueError):
+            kv.lease_keepalive(bad_id)
