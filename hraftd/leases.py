@@ -38,7 +38,6 @@ class _Store(Protocol):
     def sync_reads(self, level: str = ..., timeout: float | None = None) -> None: ...
     def _local(self, read: Any) -> Any: ...
     def submit(self, command: dict[str, Any], done: Any) -> None: ...
-    def execute(self, command: dict[str, Any]) -> Any: ...
 
 
 def _checked(check: Any, value: Any) -> Any:
@@ -100,14 +99,14 @@ class LeaseKeeper:
             time.sleep(_TICK / 5)  # a new leader: its epoch is about to be applied
         now = time.monotonic()
         with self._lock:
-            self._follow(term, now)
+            self._follow(term)
             if ttl is None or lease_id in self._expiring:
                 raise _not_found(lease_id)
             deadline = now + ttl if renew else self._deadlines.setdefault(lease_id, now + ttl)
             self._deadlines[lease_id] = deadline
         return ttl, deadline, keys
 
-    def _follow(self, term: int | None, now: float) -> None:
+    def _follow(self, term: int | None) -> None:
         """Under the lock: a new term (or the end of leading) starts every deadline over."""
         if term != self._term:
             self._term = term
@@ -129,7 +128,7 @@ class LeaseKeeper:
         term = store.leading_term()
         now = time.monotonic()
         with self._lock:
-            self._follow(term, now)
+            self._follow(term)
         if term is None:
             return
         lease_term, ids = store._local(lambda state: (state.lease_term, state.leases()))
