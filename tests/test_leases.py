@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -358,3 +359,26 @@ def test_replicated_kv_grants_keeps_alive_revokes_and_expires_leases(kv):
     for bad_id in (0, -1, "1", 1.0):
         with pytest.raises(ValueError):
             kv.lease_keepalive(bad_id)
+
+
+def test_a_paused_leader_that_wakes_past_its_deadlines_ends_no_lease_its_successor_keeps(cluster):
+    """The leader's worker is stopped (SIGSTOP) for longer than the ttl, so that every deadline it holds has
+    passed when it wakes; meanwhile a new leader takes office and the owner's keepalives reach it. Whatever the
+    woken leader proposes from its old term must end nothing: the lease and its key live on, no expire event."""
+    nodes = cluster.start(3)
+    leader = leader_of(nodes)
+    ttl = 3.0
+    with Client([node.http_addr for node in nodes], timeout=1.0) as client, client.lease(ttl) as kept:
+        revision = client.set("kept/key", 1, lease=kept.id)
+        time.sleep(0.5)
+        worker = next(pid for pid in leader.processes() if pid != leader.process.pid)
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            leader_of([node for node in nodes if node is not leader])
+            time.sleep(ttl + 1 - 0.5)  # every deadline the stopped leader holds passes meanwhile
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        leader_of(nodes)  # the woken node follows the new leader
+        time.sleep(1.0)  # room for whatever it proposed from its old term to be applied
+        changes = client.watch_once("kept/key", revision, 0)["events"]
+        assert changes == [] and client.get("kept/key") == 1 and kept.alive, changes
