@@ -127,11 +127,17 @@ class _Claim:
                     success=[{"set": {self.key: value}, "lease": self.lease.id}],
                     failure=[{"get": self.key}])
             except HraftdError as error:
-                if getattr(error, "code", None) == "lease_not_found":
-                    continue  # our lease ended while we waited: take a new one
+                if getattr(error, "code", None) == "lease_not_found":  # our lease ended while we waited
+                    self.lease.revoke()
+                    self.lease = None
+                    continue
                 raise
             if answer["succeeded"]:
                 self.token = answer["revision"]
+                return self.token
+            holder = answer["results"][0]
+            if holder.get("lease") == self.lease.id:  # an earlier attempt of ours, its answer lost, created it
+                self.token = holder["create_revision"]
                 return self.token
             self._wait_for_change(answer["revision"], give_up)
 

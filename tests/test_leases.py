@@ -382,3 +382,20 @@ def test_a_paused_leader_that_wakes_past_its_deadlines_ends_no_lease_its_success
         time.sleep(1.0)  # room for whatever it proposed from its old term to be applied
         changes = client.watch_once("kept/key", revision, 0)["events"]
         assert changes == [] and client.get("kept/key") == 1 and kept.alive, changes
+
+
+def test_a_lock_takes_a_key_its_own_lost_attempt_created_and_replaces_a_lease_that_ended(nodes):
+    with Client([node.http_addr for node in nodes], timeout=2.0) as client:
+        lock = client.lock("retried", ttl=2)
+        lock.lease = client.lease(2).grant()  # as if an attempt had applied and its answer were lost
+        created = client.txn(success=[{"set": {"locks/retried": "me"}, "lease": lock.lease.id}])["revision"]
+        assert lock.acquire(timeout=1) == created and lock.held
+        lock.release()
+        assert client.get("locks/retried") is None and not lock.held
+        stale = client.lock("stale", ttl=2)
+        stale.lease = client.lease(2).grant()
+        ended = stale.lease.id
+        client.lease_revoke(ended)  # behind the recipe's back, before its keepalive notices
+        assert stale.acquire(timeout=2) == client.item("locks/stale")["create_revision"]
+        assert stale.held and stale.lease is not None and stale.lease.id != ended
+        stale.release()
