@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 
 GO_HRAFTD_32 = 6718
 ETCD_32 = 5691
-TARGET_32 = 4000  # issue 12's bar: writes/s at 32 clients, 3 nodes
+TARGET_32 = 4000  # the target: writes/s at 32 clients, 3 nodes
 
 
 def series(rows: list[dict[str, Any]], target: str, field: str) -> tuple[list[int], list[float]]:

@@ -765,7 +765,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 12's bar, then the earlier targets the node still has to hold, evaluated on this run.
+    """The targets, then the earlier targets the node still has to hold, evaluated on this run.
 
     They assume fsync on and linearizable reads; 'durability' in the environment says what was measured.
     """

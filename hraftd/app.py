@@ -86,6 +86,10 @@ class NodeApp:
         response.headers.extend(headers)
         return self._finish(method, response, time.perf_counter())
 
+    def stop_waiting(self) -> None:
+        """The node stops: requests that wait for changes (watches) answer now."""
+        self._keys.watches.hub.stop()
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 

@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("compact-log-bytes", type=count, default=64 << 20, metavar="BYTES",
            help="take a snapshot and drop the log before it once the log holds this many bytes, so that memory "
            "and disk stay bounded whatever is written (default 64 MiB)")
+    option("watch-window", type=count, default=10_000, metavar="N",
+           help="recent changes each node keeps for watches; a watch from an older revision is answered 410 "
+           "compacted (default 10000)")
     option("restore", type=Path, metavar="FILE",
            help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup; "
            "ignored once DATA_DIR holds the restored node, so it may stay in a service's command")
@@ -131,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             raft_insecure=args.raft_insecure, auth_file=args.auth_file,
             auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, restore=args.restore,
-            replace=args.replace, compact_log_bytes=args.compact_log_bytes,
+            replace=args.replace, compact_log_bytes=args.compact_log_bytes, watch_window=args.watch_window,
             log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
         )
     except (ValueError, OSError) as error:

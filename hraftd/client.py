@@ -24,12 +24,14 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from hraftd.clientwatch import Watch
 from hraftd.endpoints import Endpoint, ExchangeFailed, endpoints
 from hraftd.entries import Entry, Page
-from hraftd.errors import HraftdError, OutcomeUnknownError, PreconditionFailedError, UnavailableError
+from hraftd.errors import CompactedError, HraftdError, OutcomeUnknownError, PreconditionFailedError, UnavailableError
+from hraftd.recipes import Election, Lease, LeaseCalls, Lock
 
-__all__ = ["AsyncClient", "Client", "ClientError", "Entry", "OutcomeUnknown", "Page", "PreconditionFailed",
-           "Unavailable"]
+__all__ = ["AsyncClient", "Client", "ClientError", "Compacted", "Election", "Entry", "Lease", "Lock", "OutcomeUnknown",
+           "Page", "PreconditionFailed", "Unavailable", "Watch"]
 _PAGE_SIZE = 1000  # keys per request when iterating over a range (the server's largest page)
 _BACKOFF = (0.05, 1.0)  # the first and the longest pause once every node has failed in a row
 _WRITES = frozenset({"set", "delete", "delete_prefix"})  # the operations of a transaction that change data
@@ -54,6 +56,15 @@ class PreconditionFailed(ClientError, PreconditionFailedError):
         self.current_revision = current_revision
 
 
+class Compacted(ClientError, CompactedError):
+    """A watch asked for changes older than the node keeps. ``oldest_revision``: the oldest ``since`` it can
+    answer. Read the keys again (``page`` gives their revision) and watch from there."""
+
+    def __init__(self, status: int | None, code: str, message: str, oldest_revision: int) -> None:
+        ClientError.__init__(self, status, code, message)
+        self.oldest_revision = oldest_revision
+
+
 class Unavailable(ClientError, UnavailableError):
     """No node could do it before the deadline, and no attempt may have been applied: NOT applied."""
 
@@ -63,7 +74,7 @@ class OutcomeUnknown(ClientError, OutcomeUnknownError):
     again with the same ``idempotency_key`` (within minutes) finds out, and applies it at most once."""
 
 
-class Client:
+class Client(LeaseCalls):
     """Talks to the nodes of one cluster; any node answers every call.
 
     ``nodes``: one address or several, each ``host:port`` or a URL (``https://host:port``). ``timeout``: seconds
@@ -158,15 +169,34 @@ class Client:
     def items(self, prefix: str = "") -> Iterator[tuple[str, Any]]:
         return ((entry.key, entry.value) for entry in self.range(prefix))
 
+    def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,
+              timeout: float = 60.0) -> Watch:
+        """The changes of ``key``, or of the keys under ``prefix`` (neither: every key), after revision ``since``
+        (None: from now), as an endless iterator of ``{"type", "key", "value", "mod_revision"}``, waiting for
+        each. It asks one node at a time, ``timeout`` seconds per request, fails over like every call, and
+        resumes after the last revision answered: no change is skipped or repeated. ``Compacted`` when the
+        node no longer keeps the changes after ``since``; ``Unavailable`` when no node answered for longer
+        than the deadline."""
+        if key is not None and prefix is not None:
+            raise ValueError("watch a key or a prefix, not both")
+
+        def poll(after: int | None) -> dict[str, Any]:
+            query = {"key": key, "prefix": prefix or None, "since": after, "timeout": f"{timeout:g}"}
+            return self._call("GET", "/watch" + _query(query), attempt_timeout=timeout + self.timeout)
+
+        return Watch(poll, since)
+
     # ----- writes -----
 
-    def set(self, key: str, value: Any, *, idempotency_key: str | None = None) -> int:
+    def set(self, key: str, value: Any, *, lease: int | None = None, idempotency_key: str | None = None) -> int:
         """Write one key; returns the data's revision after the write (the key's new ``mod_revision``)."""
-        return self.update({key: value}, idempotency_key=idempotency_key)
+        return self.update({key: value}, lease=lease, idempotency_key=idempotency_key)
 
-    def update(self, items: Mapping[str, Any], *, idempotency_key: str | None = None) -> int:
-        """Write all the pairs atomically; returns the data's revision after the write."""
-        return self._write("POST", "/key", dict(items), idempotency_key)["revision"]
+    def update(self, items: Mapping[str, Any], *, lease: int | None = None,
+               idempotency_key: str | None = None) -> int:
+        """Write all the pairs atomically; returns the data's revision after the write. ``lease``: the keys
+        are deleted when that lease ends (``ClientError`` ``lease_not_found`` if it has: nothing written)."""
+        return self._write("POST", "/key" + _query({"lease": lease}), dict(items), idempotency_key)["revision"]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})
@@ -240,10 +270,13 @@ class Client:
         return self._call(method, path, body, idempotency_key or uuid.uuid4().hex)
 
     def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None, *,
-              changes: bool | None = None) -> Any:
+              changes: bool | None = None, attempt_timeout: float | None = None, deadline: float | None = None) -> Any:
         """The answer of the first node that gives a definite one, trying until the deadline. ``changes``: the
-        request may change the data (by default, any but a GET), so an attempt without an answer may have."""
+        request may change the data (by default, any but a GET), so an attempt without an answer may have.
+        ``attempt_timeout``, ``deadline``: instead of ``timeout`` and ``deadline`` (a request the node answers
+        late on purpose, a keepalive that must be quick)."""
         changes = method != "GET" if changes is None else changes
+        deadline = self.deadline if deadline is None else deadline
         started = time.monotonic()
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -256,7 +289,8 @@ class Client:
         while True:
             endpoint = self._endpoint()
             try:
-                status, answer_headers, raw = endpoint.exchange(method, path, data, headers, self.timeout)
+                status, answer_headers, raw = endpoint.exchange(method, path, data, headers,
+                                                                 attempt_timeout or self.timeout)
             except ExchangeFailed as failure:
                 if isinstance(failure.__cause__, ssl.SSLCertVerificationError):
                     raise Unavailable(None, "unavailable", str(failure)) from failure.__cause__
@@ -273,17 +307,17 @@ class Client:
                 maybe_applied |= status == 504 and changes
             failures_in_a_row += 1
             self._fail_over(endpoint)
-            if time.monotonic() - started >= self.deadline:
+            if time.monotonic() - started >= deadline:
                 if maybe_applied:
                     raise OutcomeUnknown(last.status, "outcome_unknown", f"no definite answer within the "
-                                         f"deadline ({self.deadline} s); the last: {last}") from last.__cause__
+                                         f"deadline ({deadline} s); the last: {last}") from last.__cause__
                 if isinstance(last, Unavailable):
                     raise last from last.__cause__
                 raise Unavailable(last.status, last.code, last.message)
             if failures_in_a_row % len(self._endpoints) == 0:  # every node failed: pause before the next round
                 rounds = failures_in_a_row // len(self._endpoints)
                 pause = min(_BACKOFF[0] * 2 ** (rounds - 1), _BACKOFF[1])
-                time.sleep(max(min(pause, self.deadline - (time.monotonic() - started)), 0))
+                time.sleep(max(min(pause, deadline - (time.monotonic() - started)), 0))
 
     def _endpoint(self) -> Endpoint:
         with self._lock:
@@ -324,6 +358,8 @@ def _error(status: int, content_type: str, answer: Any, endpoint: Endpoint) -> C
     code, message = answer["code"], str(answer.get("error", ""))
     if status == 412 and isinstance(answer.get("current_revision"), int):
         return PreconditionFailed(status, code, message, answer["current_revision"])
+    if status == 410 and isinstance(answer.get("oldest_revision"), int):
+        return Compacted(status, code, message, answer["oldest_revision"])
     if status == 503:
         return Unavailable(status, code, message)
     if status == 504:

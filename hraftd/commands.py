@@ -11,6 +11,7 @@ TARGETS = ("value", "create_revision", "mod_revision", "version")
 COMPARE_OPS = ("=", "!=", "<", ">")
 TXN_OPERATIONS = ("set", "delete", "delete_prefix", "get", "range")
 JSON_SCALARS = frozenset({str, int, bool, type(None)})
+MIN_LEASE_TTL, MAX_LEASE_TTL = 1, 86_400  # seconds a client may ask a lease to live without a keepalive
 
 
 class BadCommand(Exception):
@@ -47,6 +48,19 @@ def optional_int(command: dict[str, Any], field: str, minimum: int | None = None
         raise BadCommand(f"{field} must be an integer{'' if minimum is None else f' >= {minimum}'}, "
                           f"not {short(value)}")
     return value
+
+
+def check_lease_ttl(ttl: Any) -> float:
+    """A ttl a client may grant: a number of seconds from MIN_LEASE_TTL to MAX_LEASE_TTL (fractions allowed)."""
+    if type(ttl) not in (int, float) or not MIN_LEASE_TTL <= ttl <= MAX_LEASE_TTL:
+        raise BadCommand(f"ttl must be a number of seconds from {MIN_LEASE_TTL} to {MAX_LEASE_TTL}, not {short(ttl)}")
+    return ttl
+
+
+def check_lease_id(lease_id: Any) -> int:
+    if type(lease_id) is not int or lease_id < 1:
+        raise BadCommand(f"a lease id is a whole number from 1, not {short(lease_id)}")
+    return lease_id
 
 
 def optional_list(command: dict[str, Any], field: str) -> list[Any]:

@@ -343,15 +343,20 @@ class HttpConnection(asyncio.Protocol):
             keep_alive = keep_alive and (chunked or response.length is not None)
             transport.write(self._head(response, response.length, keep_alive, version, chunked))
             sent = 0
-            async for chunk in response.stream:
-                if self.reading == CLOSED:
-                    break
-                if chunk and not head_only:
-                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    sent += len(chunk)
-                if self.write_paused:
-                    self.drained = self.loop.create_future()
-                    await self.drained
+            try:
+                async for chunk in response.stream:
+                    if self.reading == CLOSED:
+                        break
+                    if chunk and not head_only:
+                        transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                        sent += len(chunk)
+                    if self.write_paused:
+                        self.drained = self.loop.create_future()
+                        await self.drained
+            finally:  # a stream left early (the client went away) releases what it holds now, not when collected
+                aclose = getattr(response.stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             if chunked and not head_only and self.reading != CLOSED:
                 transport.write(b"0\r\n\r\n")
         if self.server.access_log is not None and request is not None:

@@ -42,6 +42,12 @@ class NotLeaderError(HraftdError):
         self.leader_http_addr = leader_http_addr
 
 
+class LeaseNotFoundError(HraftdError):
+    """No live lease has that id: never granted, revoked, expired, or expiring now. Nothing was written."""
+
+    code = "lease_not_found"
+
+
 class UnknownMemberError(HraftdError):
     """No member has that id."""
 
@@ -83,3 +89,14 @@ class InsufficientStorageError(HraftdError):
 
     code = "insufficient_storage"
 
+
+
+class CompactedError(HraftdError):
+    """A watch asked for events older than the node still keeps: ``oldest_revision`` is the oldest ``since`` it
+    can answer. Read the keys again (a range gives their revision) and watch from there."""
+
+    code = "compacted"
+
+    def __init__(self, message: str, oldest_revision: int) -> None:
+        super().__init__(message)
+        self.oldest_revision = oldest_revision

@@ -1,4 +1,5 @@
-"""The hot requests: ``/key``, ``/key/<key>``, ``/keys`` and ``/txn``, as coroutines on the worker's event loop.
+"""The hot requests: ``/key``, ``/key/<key>``, ``/keys``, ``/txn`` and ``/watch`` (``hraftd.watch``), as
+coroutines on the worker's event loop.
 
 Each one is the only handler of its request. It checks the request with the rules of ``hraftd.protocol``, asks
 the store with a callback, and awaits the outcome as a future, so a request waiting for Raft holds no thread.
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from hraftd.errors import HraftdError
+from hraftd.eventwindow import EventWindow
 from hraftd.protocol import (
     PAGE_BYTES,
     BadRequest,
@@ -30,6 +32,7 @@ from hraftd.protocol import (
     idempotency_key,
     json_body,
     key_parameter,
+    lease_id,
     page_size,
     parse_json_object,
     path_key,
@@ -38,6 +41,7 @@ from hraftd.protocol import (
 )
 from hraftd.request import Request, Response
 from hraftd.txnbody import txn_command
+from hraftd.watch import WATCH_ROUTE, WatchHandler
 
 KEY_ROUTE = "/key/<key:key>"
 WRITE_ROUTE = "/key"
@@ -45,7 +49,8 @@ KEYS_ROUTE = "/keys"
 TXN_ROUTE = "/txn"
 # (route, method) -> endpoint, the names of hraftd.protocol's rules and of the handlers that answer them.
 ENDPOINTS = {(WRITE_ROUTE, "POST"): "set_keys", (KEY_ROUTE, "GET"): "get_key", (KEY_ROUTE, "DELETE"): "delete_key",
-             (KEYS_ROUTE, "GET"): "list_keys", (KEYS_ROUTE, "DELETE"): "delete_keys", (TXN_ROUTE, "POST"): "txn"}
+             (KEYS_ROUTE, "GET"): "list_keys", (KEYS_ROUTE, "DELETE"): "delete_keys", (TXN_ROUTE, "POST"): "txn",
+             (WATCH_ROUTE, "GET"): "watch"}
 _METHODS: dict[str, dict[str, str]] = {}
 for (_route, _method), _endpoint in ENDPOINTS.items():
     _METHODS.setdefault(_route, {})[_method] = _endpoint
@@ -58,6 +63,7 @@ class AsyncStore(Protocol):
     """What the hot requests need of a store (``hraftd.store.ReplicatedKV`` is one)."""
 
     applied_index: int
+    event_window: EventWindow
 
     def submit(self, command: dict[str, Any], done: Callable[[Any, HraftdError | None], None]) -> None: ...
     def sync_reads_async(self, level: str, done: Callable[[HraftdError | None], None]) -> None: ...
@@ -74,6 +80,7 @@ class KeyHandlers:
         self._store = store
         self._limits = limits
         self._tokens = tokens
+        self.watches = WatchHandler(store.event_window, limits)
 
     def route(self, method: str, path: str) -> tuple[str, str | None, Callable[..., Any] | None] | None:
         """(route, endpoint, handler) of a hot request, endpoint and handler None when the method is not
@@ -123,11 +130,15 @@ class KeyHandlers:
         items = parse_json_object(request.body)
         check_write(items, self._limits)
         command: dict[str, Any] = {"op": "put", "items": items}
-        if_revision = revision(parameters.get("if_revision")) if parameters else None
-        if if_revision is not None:
-            if len(items) != 1:
-                raise BadRequest(f"a write with if_revision writes exactly one key, not {len(items)}", "not_one_key")
-            command["if_revision"] = if_revision
+        if parameters:
+            if_revision, lease = revision(parameters.get("if_revision")), lease_id(parameters.get("lease"))
+            if if_revision is not None:
+                if len(items) != 1:
+                    raise BadRequest(f"a write with if_revision writes exactly one key, not {len(items)}",
+                                     "not_one_key")
+                command["if_revision"] = if_revision
+            if lease is not None:
+                command["lease"] = lease
         result = await self._submit(command, request)
         return Response(200, json_body({"revision": result["revision"]}))
 
@@ -171,6 +182,9 @@ class KeyHandlers:
     async def txn(self, request: Request, parameters: dict[str, str]) -> Response:
         command = txn_command(parse_json_object(request.body), self._limits)
         return Response(200, json_body(await self._submit(command, request)))
+
+    async def watch(self, request: Request, parameters: dict[str, str]) -> Response:
+        return await self.watches.answer(request, parameters, self._sync_reads)
 
     # ----- the store, awaited -----
 

@@ -14,7 +14,15 @@ import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from hraftd.commands import BadCommand, check_compare, check_items, check_key, check_operation, check_prefix
+from hraftd.commands import (
+    BadCommand,
+    check_compare,
+    check_items,
+    check_key,
+    check_lease_id,
+    check_operation,
+    check_prefix,
+)
 from hraftd.entries import Entry, Page
 from hraftd.state import KVState
 
@@ -140,13 +148,16 @@ class KVOperations(Mapping):
         """Write all the pairs in one Raft entry: all or none. Returns the data's new revision."""
         return self.put(dict(items, **kwargs))
 
-    def put(self, items: Mapping[str, Any], *, idempotency_key: str | None = None) -> int:
+    def put(self, items: Mapping[str, Any], *, lease: int | None = None, idempotency_key: str | None = None) -> int:
         """``update`` with an idempotency key: repeated with the same key, it is applied once, and every
-        repeat answers the first outcome (see docs/python.md for how long a key is remembered)."""
+        repeat answers the first outcome (see docs/python.md for how long a key is remembered). ``lease``:
+        attach the keys to that lease (``LeaseNotFoundError`` if it has ended: nothing is written)."""
         if not items:
             raise ValueError("nothing to write")
-        batch = _checked(check_items, dict(items))
-        return self.execute(_keyed({"op": "put", "items": batch}, idempotency_key))["revision"]
+        command: dict[str, Any] = {"op": "put", "items": _checked(check_items, dict(items))}
+        if lease is not None:
+            command["lease"] = _checked(check_lease_id, lease)
+        return self.execute(_keyed(command, idempotency_key))["revision"]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self.update({key: value})

@@ -9,6 +9,7 @@ from typing import Any
 from hraftd.errors import (
     HraftdError,
     InsufficientStorageError,
+    LeaseNotFoundError,
     OutcomeUnknownError,
     PreconditionFailedError,
     StorageFailedError,
@@ -40,6 +41,9 @@ def refusal(result: Any) -> HraftdError | None:
         return PreconditionFailedError(f"the key's mod_revision is {current}"
                                        f"{' (absent)' if current == 0 else ''}, not the one the write expected; "
                                        "nothing was written", current)
+    if result["error"] == "lease_not_found":
+        return LeaseNotFoundError(f"lease {result['lease']} does not exist (never granted, revoked or expired); "
+                                  "nothing was written")
     return HraftdError(f"{result['error']}: {result.get('message', '')}".rstrip(": "))
 
 

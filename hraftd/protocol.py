@@ -16,10 +16,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from hraftd.auth import TokenFile, allows
+from hraftd.commands import BadCommand, check_lease_ttl
 from hraftd.errors import (
     ClosedError,
+    CompactedError,
     HraftdError,
     InsufficientStorageError,
+    LeaseNotFoundError,
     MembershipConflictError,
     NotLeaderError,
     OutcomeUnknownError,
@@ -42,8 +45,10 @@ _STATUS_OF = {
     OutcomeUnknownError: 504,
     PreconditionFailedError: 412,
     UnknownMemberError: 404,
+    LeaseNotFoundError: 404,
     MembershipConflictError: 409,
     WrongSecretError: 403,
+    CompactedError: 410,
 }
 
 
@@ -52,6 +57,7 @@ _STATUS_OF = {
 ROLE_OF_ENDPOINT = {
     "get_key": "read",
     "list_keys": "read",
+    "watch": "read",
     "status": "read",
     "metrics": "read",
     "backup": "read",
@@ -59,6 +65,10 @@ ROLE_OF_ENDPOINT = {
     "delete_key": "write",
     "delete_keys": "write",
     "txn": "write",
+    "lease_grant": "write",
+    "lease_keepalive": "write",
+    "lease_revoke": "write",
+    "lease_info": "read",
     "join": "admin",
     "join_secret": "admin",
     "remove": "admin",
@@ -67,10 +77,11 @@ ROLE_OF_ENDPOINT = {
 # The query parameters each endpoint accepts; any other is refused rather than silently ignored.
 PARAMETERS_OF_ENDPOINT = {
     "get_key": frozenset({"level", "meta"}),
-    "set_keys": frozenset({"if_revision"}),
+    "set_keys": frozenset({"if_revision", "lease"}),
     "delete_key": frozenset({"if_revision"}),
     "list_keys": frozenset({"prefix", "start_after", "limit", "keys_only", "count_only", "level"}),
     "delete_keys": frozenset({"prefix"}),
+    "watch": frozenset({"key", "prefix", "since", "timeout"}),
 }
 # A range answers at most this many keys (a page), DEFAULT_PAGE_SIZE unless asked; and stops early once its
 # items take PAGE_BYTES of JSON, so that no answer grows with the store.
@@ -147,6 +158,29 @@ def revision(value: str | None, name: str = "if_revision") -> int | None:
     return number
 
 
+def lease_id(value: str | None, name: str = "lease") -> int | None:
+    """A lease id in a path or query parameter: a whole number from 1 to 2**63-1; None when absent."""
+    if value is None:
+        return None
+    number = _whole_number(value, 19)
+    if number is None or not 1 <= number <= MAX_REVISION:
+        raise BadRequest(f"{name} must be a lease id: a whole number from 1 to {MAX_REVISION}, not {value[:100]!r}",
+                         "bad_lease_id")
+    return number
+
+
+def lease_grant_body(body: dict[str, Any]) -> float:
+    """The ttl of ``POST /lease``: ``{"ttl": seconds}``, a number from MIN_LEASE_TTL to MAX_LEASE_TTL."""
+    unknown = sorted(body.keys() - {"ttl"})
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0][:100]!r}: a lease is granted with {{\"ttl\": seconds}}",
+                         "bad_field")
+    try:
+        return check_lease_ttl(body.get("ttl"))
+    except BadCommand as error:
+        raise BadRequest(str(error), "bad_ttl") from None
+
+
 def page_size(value: str | None) -> int:
     """The ``limit`` of a range: 1 to MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE when absent."""
     if value is None:
@@ -156,6 +190,20 @@ def page_size(value: str | None) -> int:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}, not {value[:100]!r}",
                          "bad_parameter")
     return number
+
+
+def wait_seconds(value: str | None, default: float, maximum: float) -> float:
+    """A ``timeout`` query parameter: seconds from 0 to ``maximum``, ``default`` when absent."""
+    if value is None:
+        return default
+    try:
+        seconds = float(value) if value.isascii() and len(value) <= 20 else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= maximum:  # NaN too
+        raise BadRequest(f"timeout must be a number of seconds from 0 to {maximum:g}, not {value[:100]!r}",
+                         "bad_parameter")
+    return seconds
 
 
 def _whole_number(text: str, max_digits: int) -> int | None:
@@ -207,6 +255,8 @@ def error_details(error: HraftdError) -> dict[str, Any] | None:
     """The fields an error answer has beyond ``error`` and ``code``."""
     if isinstance(error, PreconditionFailedError):
         return {"current_revision": error.current_revision}
+    if isinstance(error, CompactedError):
+        return {"oldest_revision": error.oldest_revision}
     return None
 
 

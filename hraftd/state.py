@@ -32,6 +32,7 @@ from hraftd.commands import (
     optional_list,
     short,
 )
+from hraftd.leasestate import LeaseCommands, LeaseRecord
 
 
 class Applied(NamedTuple):
@@ -50,14 +51,6 @@ _DUMP_FORMAT = 1
 _Outcome = tuple[dict[str, Any], list[dict[str, Any]]]  # a command's result and events
 
 
-class _Lease:
-    __slots__ = ("keys", "ttl")
-
-    def __init__(self, ttl: float, keys: set[str]) -> None:
-        self.ttl = ttl
-        self.keys = keys
-
-
 class _KeyIndex(SortedList):
     """All keys in ``str`` order. SortedList builds its positional index lazily, on the first positional read
     after a change; ``settle`` builds it on the writer's thread instead, so that ``count`` only reads."""
@@ -73,7 +66,7 @@ class _KeyIndex(SortedList):
         return self.irange(low, high, inclusive=(include_low, False))
 
 
-class KVState:
+class KVState(LeaseCommands):
     """The replicated dict. ``revision``, ``log_time`` and ``members`` are to be read, never assigned.
 
     Values in reads, results and events are the stored objects themselves (no copy on the hot path): treat
@@ -86,8 +79,9 @@ class KVState:
         self.members: dict[str, dict[str, str | None]] = {}
         self._records: dict[str, tuple[Any, int, int, int, int | None]] = {}
         self._keys = _KeyIndex()
-        self._leases: dict[int, _Lease] = {}
+        self._leases: dict[int, LeaseRecord] = {}
         self._next_lease_id = 1
+        self.lease_term = 0
         # Oldest first: entries are added in log order, and log_time never decreases.
         self._remembered: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._idempotency_limit = idempotency_limit
@@ -239,35 +233,6 @@ class KVState:
         self.members.pop(check_text(command, "id"), None)
         return {}, []
 
-    def _lease_grant(self, command: dict[str, Any]) -> _Outcome:
-        ttl = command.get("ttl")
-        if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
-            raise BadCommand(f"ttl must be a positive number of seconds, not {short(ttl)}")
-        lease_id = self._next_lease_id
-        self._next_lease_id += 1
-        self._leases[lease_id] = _Lease(ttl, set())
-        return {"id": lease_id, "ttl": ttl}, []
-
-    def _lease_revoke(self, command: dict[str, Any]) -> _Outcome:
-        return self._end_lease(command, "delete")
-
-    def _lease_expire(self, command: dict[str, Any]) -> _Outcome:
-        return self._end_lease(command, "expire")
-
-    def _end_lease(self, command: dict[str, Any], event_type: str) -> _Outcome:
-        lease_id = optional_int(command, "id")
-        if lease_id is None:
-            raise BadCommand("id must be an integer")
-        lease = self._leases.get(lease_id)
-        if lease is None:
-            return {"revoked": False, "deleted": 0, "revision": self.revision}, []
-        revision = self.revision + 1
-        events = [self._remove(key, revision, event_type) for key in sorted(lease.keys)]
-        del self._leases[lease_id]
-        if events:
-            self.revision = revision
-        return {"revoked": True, "deleted": len(events), "revision": self.revision}, events
-
     # The only code that changes keys; it is reached only with checked arguments, and cannot fail.
 
     def _set(self, key: str, value: Any, lease: int | None, revision: int) -> dict[str, Any]:
@@ -362,14 +327,6 @@ class KVState:
         """How many keys start with ``prefix``, in O(log n)."""
         return self._keys.count_between(prefix, _prefix_end(prefix)) if prefix else len(self._records)
 
-    def lease(self, lease_id: int) -> dict[str, Any] | None:
-        lease = self._leases.get(lease_id)
-        return None if lease is None else {"id": lease_id, "ttl": lease.ttl, "keys": sorted(lease.keys)}
-
-    def leases(self) -> list[int]:
-        """The ids of the live leases, in ascending order."""
-        return list(self._leases)  # granted in ascending order and never granted again
-
     def items(self) -> Iterator[tuple[str, Any]]:
         """All (key, value) pairs in key order, lazily: finish iterating before the next ``apply``."""
         records = self._records
@@ -387,6 +344,7 @@ class KVState:
             "revision": self.revision,
             "log_time": self.log_time,
             "next_lease_id": self._next_lease_id,
+            "lease_term": self.lease_term,
             "keys": keys,
             "records": [records[key] for key in keys],
             "leases": [[lease_id, lease.ttl, sorted(lease.keys)] for lease_id, lease in self._leases.items()],
@@ -404,13 +362,14 @@ class KVState:
         state = cls(data["idempotency_limit"], data["idempotency_max_age"])
         state.revision, state.log_time = data["revision"], data["log_time"]
         state._next_lease_id = data["next_lease_id"]
+        state.lease_term = data.get("lease_term", 0)
         keys, records = data["keys"], data["records"]
         if records and type(records[0]) is not tuple:  # JSON makes lists of them
             records = list(map(tuple, records))
         state._records = dict(zip(keys, records, strict=True))
         state._keys = _KeyIndex(keys)  # sorted input: Timsort's pass is linear
         state._keys.settle()
-        state._leases = {lease_id: _Lease(ttl, set(lease_keys)) for lease_id, ttl, lease_keys in data["leases"]}
+        state._leases = {lease_id: LeaseRecord(ttl, set(lease_keys)) for lease_id, ttl, lease_keys in data["leases"]}
         state.members = {node_id: dict(member) for node_id, member in data["members"].items()}
         state._remembered = OrderedDict((key, (result, log_time)) for key, result, log_time in data["remembered"])
         return state
@@ -421,12 +380,13 @@ _HANDLERS: dict[str, _Handler] = {
     "put": KVState._put, "delete": KVState._delete, "delete_prefix": KVState._delete_prefix, "txn": KVState._txn,
     "barrier": KVState._barrier, "set_member": KVState._set_member, "forget_member": KVState._forget_member,
     "lease_grant": KVState._lease_grant, "lease_revoke": KVState._lease_revoke,
-    "lease_expire": KVState._lease_expire,
+    "lease_expire": KVState._lease_expire, "lease_epoch": KVState._lease_epoch,
 }
 _OWN_FIELDS = {
     "put": ("items", "lease", "if_revision"), "delete": ("key", "if_revision"), "delete_prefix": ("prefix",),
     "txn": ("compare", "success", "failure"), "barrier": (), "set_member": ("id", "raft_addr", "http_addr"),
-    "forget_member": ("id",), "lease_grant": ("ttl",), "lease_revoke": ("id",), "lease_expire": ("id",),
+    "forget_member": ("id",), "lease_grant": ("ttl",), "lease_revoke": ("id",), "lease_expire": ("id", "term"),
+    "lease_epoch": ("term",),
 }
 # A barrier takes no idempotency key: a repeated barrier must confirm the current revision, not an old one.
 _FIELDS = {op: frozenset(("op", *fields, *(() if op == "barrier" else ("idempotency_key",))))

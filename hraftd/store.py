@@ -7,6 +7,7 @@ disk after a storage failure. The HTTP server is one user of it; a Python progra
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -16,13 +17,15 @@ from typing import Any
 
 from hraftd import datadir
 from hraftd.errors import ClosedError, DataDirError, HraftdError, UnavailableError
+from hraftd.eventwindow import EventWindow, matcher
+from hraftd.leases import LeaseKeeper, LeaseOperations
 from hraftd.membership import Membership, join_proof
 from hraftd.operations import Entry, KVOperations, Page
 from hraftd.outcome import Waiter, refusal, translate
 from hraftd.raft import DamagedFile, IncompatibleEngine, RaftError, RaftNode, RaftOptions
 from hraftd.raft import StorageError as RaftStorageError
 from hraftd.settings import parse_address
-from hraftd.state import KVState
+from hraftd.state import Applied, KVState
 
 LINEARIZABLE = "linearizable"
 STALE = "stale"
@@ -35,7 +38,7 @@ Done = Callable[[Any, HraftdError | None], None]
 __all__ = ["LINEARIZABLE", "READ_LEVELS", "STALE", "Entry", "Page", "ReplicatedKV", "join_proof"]
 
 
-class ReplicatedKV(KVOperations):
+class ReplicatedKV(KVOperations, LeaseOperations):
     """A dict whose contents are agreed by a Raft cluster; any node reads and writes.
 
     ``self_addr`` is this node's raft ``host:port`` (it binds only that host); ``peers`` are the raft addresses
@@ -47,6 +50,7 @@ class ReplicatedKV(KVOperations):
     ``secret``: authenticates and encrypts Raft traffic; every node needs the same one. Without one, a node
     alone makes its own (kept in ``data_dir``); a node with peers must be given one, or ``insecure=True``.
     ``compact_log_bytes``: take a snapshot once the log holds this many bytes (memory and disk stay bounded).
+    ``watch_window``: how many recent events the node keeps for watches (``watch``).
     Errors: :class:`UnavailableError` (not applied), :class:`OutcomeUnknownError` (may or may not be applied),
     :class:`PreconditionFailedError` and :class:`InsufficientStorageError` (not applied), :class:`ClosedError`
     after ``close``.
@@ -66,6 +70,7 @@ class ReplicatedKV(KVOperations):
         insecure: bool = False,
         cluster_id: str | None = None,
         compact_log_bytes: int = 64 << 20,
+        watch_window: int = 10_000,
     ) -> None:
         self_addr = parse_address(self_addr, listen=True, raft=True)
         peers = [parse_address(peer, raft=True) for peer in peers]
@@ -87,9 +92,11 @@ class ReplicatedKV(KVOperations):
         self.secret = self._choose_secret(secret, insecure, fresh)
         self._options = RaftOptions(fsync=fsync, secret=self.secret, compact_log_bytes=compact_log_bytes)
         self._closed = False
+        self.event_window = EventWindow(watch_window)
         self._reopening = threading.Lock()
         self._node = self._open_at_start()
         self.membership = Membership(self)
+        self._lease_keeper = LeaseKeeper(self)
 
     def _choose_secret(self, secret: str | None, insecure: bool, fresh: bool) -> str | None:
         if insecure:
@@ -113,7 +120,11 @@ class ReplicatedKV(KVOperations):
 
     def _open(self, discard_after: int | None = None) -> RaftNode:
         return RaftNode(self.raft_addr, self._peers, self._data_dir, KVState(), self._options,
-                        discard_after=discard_after, on_failure=lambda error: self._reopen_soon())
+                        on_applied=self._applied, on_loaded=self.event_window.reset, discard_after=discard_after,
+                        on_failure=lambda error: self._reopen_soon())
+
+    def _applied(self, applied: list[Applied], revision: int) -> None:
+        self.event_window.add([event for each in applied for event in each.events], revision)
 
     def _open_at_start(self) -> RaftNode:
         try:
@@ -186,6 +197,7 @@ class ReplicatedKV(KVOperations):
             log.info("handing leadership over before stopping")
             self.membership.transfer_leadership(min(self.timeout, 2.0))
         self._closed = True
+        self._lease_keeper.close()
         node.close()
 
     @property
@@ -224,6 +236,26 @@ class ReplicatedKV(KVOperations):
         machine = self._node.machine
         with machine.lock:
             return read(machine.state)
+
+    # ----- watches -----
+
+    def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,
+              timeout: float = 60.0) -> tuple[int, list[dict[str, Any]]]:
+        """The changes of ``key`` (or of the keys under ``prefix``; neither: every key) after revision ``since``,
+        waiting up to ``timeout`` seconds for the first: ``(revision, events)``, each event ``{"type": "set" |
+        "delete" | "expire", "key", "value" (set only), "mod_revision"}`` in revision order. Call again with
+        ``since=revision`` to get the next ones, none skipped or repeated. ``since=None``: from a revision at
+        least as new as every write acknowledged before the call. ``CompactedError`` when the events after
+        ``since`` are no longer kept (see ``watch_window``)."""
+        if key is not None and prefix is not None:
+            raise ValueError("watch a key or a prefix, not both")
+        if since is None:
+            self.sync_reads(LINEARIZABLE)
+            since = self.event_window.revision
+        elif type(since) is not int or since < 0:
+            raise ValueError(f"since must be a revision (a whole number from 0), not {since!r}")
+        covered, events = self.event_window.wait(since, matcher(key, prefix), timeout)
+        return covered, copy.deepcopy(events)
 
     # ----- writes -----
 
@@ -312,6 +344,11 @@ class ReplicatedKV(KVOperations):
 
     def is_leader(self) -> bool:
         return self._node.status.get("role") == "leader"
+
+    def leading_term(self) -> int | None:
+        """The term this node leads in, None when it does not lead (its own belief, as of its last tick)."""
+        status = self._node.status
+        return status["term"] if status.get("role") == "leader" else None
 
     def members(self) -> dict[str, dict[str, str | None]]:
         """id -> {"raft_addr", "http_addr"} as this node last applied it."""

@@ -76,12 +76,19 @@ def _check_compare(where: str, compare: Any, limits: Limits) -> None:
 
 def _check_operation(where: str, operation: Any, limits: Limits) -> str:
     """The kind of a checked operation."""
-    if type(operation) is not dict or len(operation) != 1 or next(iter(operation)) not in TXN_OPERATIONS:
+    leased = type(operation) is dict and "lease" in operation and "set" in operation and len(operation) == 2
+    if type(operation) is not dict or len(operation) != 1 + leased or \
+            (not leased and next(iter(operation)) not in TXN_OPERATIONS):
         shown = (f"an object of {', '.join(repr(name[:100]) for name in list(operation)[:3]) or 'nothing'}"
                  if type(operation) is dict else _json_type(operation))
-        raise BadRequest(f"{where} must be an object of exactly one of {', '.join(TXN_OPERATIONS)}, not {shown}",
-                         "bad_txn")
-    kind, argument = next(iter(operation.items()))
+        raise BadRequest(f"{where} must be an object of exactly one of {', '.join(TXN_OPERATIONS)} (and lease with "
+                         f"set), not {shown}", "bad_txn")
+    kind, argument = ("set", operation["set"]) if leased else next(iter(operation.items()))
+    if leased:
+        lease = operation["lease"]
+        if type(lease) is not int or not 1 <= lease <= MAX_REVISION:
+            raise BadRequest(f"{where}.lease must be a lease id, a whole number from 1 to {MAX_REVISION}, not "
+                             f"{_short(lease)}", "bad_lease_id")
     if kind == "set":
         if type(argument) is not dict or not argument:
             raise BadRequest(f"{where}.set must be a non-empty object of keys and values", "bad_txn")

@@ -1,6 +1,6 @@
 """The HTTP API apart from the hot requests: a Flask app factory with thin handlers over the store.
 
-Membership, status, health, metrics and backup are answered here, on a thread of the app's pool
+Membership, leases, status, health, metrics and backup are answered here, on a thread of the app's pool
 (``hraftd.app``); the hot requests (``/key``, ``/keys``, ``/txn``) never reach Flask (``hraftd.keys``).
 Handlers parse and validate, call the store, and leave every error to the handlers registered once in
 ``create_app``; who may call what and which query parameters are taken are ``hraftd.protocol``'s rules,
@@ -31,7 +31,10 @@ from hraftd.protocol import (
     authorize,
     check_parameters,
     error_document,
+    idempotency_key,
     internal_error_message,
+    lease_grant_body,
+    lease_id,
     parse_json_object,
     status_of,
 )
@@ -39,6 +42,7 @@ from hraftd.settings import normalize_addr
 from hraftd.ui import ui
 
 _FORWARD_HEADER = "X-Hraftd-Forwarded"
+_IDEMPOTENCY = "Idempotency-Key"
 _MAX_FORWARDS = 3
 ROUTE_KEY = "hraftd.route"  # where the app tells its caller (hraftd.app) which route answered
 ENDPOINT_KEY = "hraftd.endpoint"
@@ -64,6 +68,10 @@ class Store(Protocol):
     def is_ready(self) -> bool: ...
     def is_alive(self) -> bool: ...
     def consistent_copy(self) -> tuple[int, int, dict[str, Any]]: ...
+    def lease_grant(self, ttl: float, *, idempotency_key: str | None = None) -> dict[str, Any]: ...
+    def lease_keepalive(self, lease_id: int) -> float: ...
+    def lease_revoke(self, lease_id: int, *, idempotency_key: str | None = None) -> dict[str, Any]: ...
+    def lease_info(self, lease_id: int) -> dict[str, Any]: ...
 
 
 api = Blueprint("api", __name__)
@@ -192,6 +200,45 @@ def backup() -> Response:
 BACKUP_FORMAT = "hraftd-backup"
 
 
+# ----- leases: grant and revoke are log entries; keepalives and lease info are the leader's, forwarded there -----
+
+
+@api.post("/lease")
+def lease_grant() -> Response:
+    ttl = lease_grant_body(_json_object())
+    return jsonify(_store().lease_grant(ttl, idempotency_key=idempotency_key(request.headers.get(_IDEMPOTENCY, ""))))
+
+
+@api.post("/lease/<lease>/keepalive")
+def lease_keepalive(lease: str) -> Response:
+    lease_number = _lease_id(lease)
+    try:
+        ttl = _store().lease_keepalive(lease_number)
+    except NotLeaderError as error:
+        return _forward_to_leader(error, {})
+    return jsonify(id=lease_number, ttl=ttl)
+
+
+@api.delete("/lease/<lease>")
+def lease_revoke(lease: str) -> Response:
+    key = idempotency_key(request.headers.get(_IDEMPOTENCY, ""))
+    return jsonify(_store().lease_revoke(_lease_id(lease), idempotency_key=key))
+
+
+@api.get("/lease/<lease>")
+def lease_info(lease: str) -> Response:
+    try:
+        return jsonify(_store().lease_info(_lease_id(lease)))
+    except NotLeaderError as error:
+        return _forward_to_leader(error, None)
+
+
+def _lease_id(text: str) -> int:
+    number = lease_id(text, "the lease id in the path")
+    assert number is not None  # a path segment is never absent
+    return number
+
+
 # ----- request bookkeeping -----
 
 
@@ -261,8 +308,8 @@ def _from_operator() -> bool:
 # ----- forwarding membership changes -----
 
 
-def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
-    """Membership changes are serialized on the leader: relay the request there and its answer back."""
+def _forward_to_leader(error: NotLeaderError, body: dict[str, Any] | None) -> Response:
+    """Membership changes and keepalives are the leader's: relay the request there and its answer back."""
     try:
         hops = max(0, int(request.headers.get(_FORWARD_HEADER, "0") or 0))
     except ValueError:  # not ours: forward no further
@@ -275,7 +322,7 @@ def _forward_to_leader(error: NotLeaderError, body: dict[str, Any]) -> Response:
         headers["Authorization"] = request.headers["Authorization"]
     forwarded = urllib.request.Request(
         f"{'https' if tls else 'http'}://{error.leader_http_addr}{request.path}",
-        data=json.dumps(body).encode(), method=request.method, headers=headers,
+        data=None if body is None else json.dumps(body).encode(), method=request.method, headers=headers,
     )
     try:
         with urllib.request.urlopen(forwarded, timeout=3 * _store().timeout, context=tls) as answer:

@@ -32,7 +32,8 @@ _SPARE_FILES = 256  # file descriptors beyond the connection cap: the Raft node'
 
 
 class NodeWorker(Worker):
-    """A gunicorn worker whose app is a ``hraftd.app.NodeApp`` (anything with ``respond`` and ``refuse``)."""
+    """A gunicorn worker whose app is a ``hraftd.app.NodeApp`` (anything with ``respond``, ``refuse`` and
+    ``stop_waiting``)."""
 
     def init_signals(self) -> None:
         # The loop handles the stop signals (run); gunicorn's handlers would exit from inside a callback.
@@ -86,6 +87,7 @@ class NodeWorker(Worker):
                 await asyncio.wait_for(asyncio.shield(stopping), _SWEEP_INTERVAL)
         for listener in listeners:
             listener.close()
+        app.stop_waiting()
         if stopping.result():
             await self._finish_requests(server, loop.time() + self.cfg.graceful_timeout)
         for connection in list(server.connections):

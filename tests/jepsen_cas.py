@@ -11,6 +11,11 @@ idempotency key, as a program would run it. Two things are checked after the fau
   own id at ``ledger/entry/<n + 1>``, in one transaction. At the end the entries must be exactly 1..count, no
   id twice, every acknowledged transaction's id at its place (none lost), and no id of a transaction
   answered "refused" or "unavailable" (none applied behind its client's back).
+- Watches: watcher threads follow every change through ``Client.watch`` from the revision before the load,
+  failing over with it and starting a new watch from ``Watch.revision`` when one gives up. What each saw
+  must be a prefix of the committed history (the events the healed cluster tells from that revision, which
+  must include the write of every ledger entry): in order, with no gap, no event twice and none that was not
+  committed.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 from jepsen import JepsenCluster, Nemesis, Recorder, converge, final_reads
 from linearizability import ABSENT, CAS, FAIL, OK, READ, UNKNOWN, CheckResult, Op, check
 
-from hraftd.client import Client, ClientError, OutcomeUnknown, Unavailable
+from hraftd.client import Client, ClientError, Compacted, OutcomeUnknown, Unavailable
 
 LEDGER_COUNT = "ledger/count"
 LEDGER_ENTRIES = "ledger/entry/"
@@ -54,6 +60,8 @@ class CasReport:
     ledger_problems: list[str]
     faults: list[Any]
     nemesis_errors: list[str] = field(default_factory=list)
+    streams: list[list[tuple[Any, ...]]] = field(default_factory=list)
+    watch_problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         kinds = {kind: sum(op.kind == kind and op.outcome == OK for op in self.history) for kind in (READ, CAS)}
@@ -65,6 +73,8 @@ class CasReport:
                  f"{sum(txn.outcome == UNKNOWN for txn in self.ledger)} unknown",
                  f"faults: {[fault.name for fault in self.faults]}",
                  f"checker: {self.result.explain()}",
+                 f"watches: {[len(stream) for stream in self.streams]} events seen; "
+                 f"{'; '.join(self.watch_problems[:3]) or 'each a gap-free prefix of the committed history'}",
                  f"ledger: {'; '.join(self.ledger_problems[:5]) or 'every transaction applied once or not at all'}"
                  + (f" (and {len(self.ledger_problems) - 5} more)" if len(self.ledger_problems) > 5 else "")]
         return "\n".join(lines)
@@ -153,6 +163,71 @@ class CasClients:
             assert not thread.is_alive(), f"{thread.name} did not stop"
 
 
+class Watchers:
+    """``count`` threads following every change from revision ``since`` through ``Client.watch``."""
+
+    def __init__(self, addresses: list[str], since: int, count: int, deadline: float) -> None:
+        self.addresses, self.since, self.deadline = addresses, since, deadline
+        self.streams: list[list[tuple[Any, ...]]] = [[] for _ in range(count)]
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(i,), name=f"watcher-{i}", daemon=True)
+                        for i in range(count)]
+        for thread in self.threads:
+            thread.start()
+
+    def _loop(self, number: int) -> None:
+        addresses = self.addresses[number:] + self.addresses[:number]  # each starts on another node
+        seen, since = self.streams[number], self.since
+        with Client(addresses, timeout=2.5, deadline=self.deadline) as kv:
+            while not self.stop.is_set():
+                watch = kv.watch(since=since, timeout=1)
+                try:
+                    for event in watch:
+                        seen.append((event["type"], event["key"], event.get("value"), event["mod_revision"]))
+                        if self.stop.is_set():
+                            return
+                except Unavailable:  # no node answered for the client's deadline: watch again from where it was
+                    since = watch.revision if watch.revision is not None else since
+                except Compacted as error:
+                    self.errors.append(f"watcher {number}: {error}")
+                    return
+
+    def finish(self, wake: Client) -> None:
+        """Stop, once every watcher has been handed one more change (the watch iterators wait for one)."""
+        self.stop.set()
+        wake.set("watch/stop", True)
+        for thread in self.threads:
+            thread.join(self.deadline + 30)
+            assert not thread.is_alive(), f"{thread.name} did not stop"
+
+
+def committed_history(url: str, since: int) -> list[tuple[Any, ...]]:
+    """Every event after ``since`` that the node at ``url`` tells, as (type, key, value, mod_revision)."""
+    history: list[tuple[Any, ...]] = []
+    while True:
+        answer = requests.get(f"{url}/watch", params={"since": since, "timeout": 0}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        events = answer.json()["events"]
+        if not events:
+            return history
+        history.extend((e["type"], e["key"], e.get("value"), e["mod_revision"]) for e in events)
+        since = answer.json()["revision"]
+
+
+def check_streams(streams: list[list[tuple[Any, ...]]], history: list[tuple[Any, ...]]) -> list[str]:
+    """What is wrong with each watcher's stream, which must be a prefix of the committed history."""
+    problems = []
+    for number, stream in enumerate(streams):
+        if stream == history[:len(stream)]:
+            continue
+        at = next((i for i, (seen, told) in enumerate(zip(stream, history, strict=False)) if seen != told),
+                  len(history))  # none differs: the stream is longer than the history
+        problems.append(f"watcher {number} saw {stream[at] if at < len(stream) else 'more'} at position {at} "
+                        f"where the committed history has {history[at] if at < len(history) else 'nothing'}")
+    return problems
+
+
 def check_ledger(ledger: list[LedgerTxn], count: int, entries: dict[str, str]) -> list[str]:
     """What is wrong with the final ledger, given what each transaction's client was told."""
     problems = []
@@ -183,6 +258,10 @@ def run(cluster: JepsenCluster, *, seconds: float, faults: list[str], registers:
     registers = registers or ["r0", "r1", "r2"]
     seed = random.randrange(1 << 30) if seed is None else seed
     recorder, ledger = Recorder(), []
+    addresses = [node.http_addr for node in cluster.nodes]
+    with Client(addresses) as kv:
+        start = kv.page("", limit=1).revision
+    watchers = Watchers(addresses, start, 2, deadline)
     load = CasClients(cluster, recorder, ledger, registers, clients, seed, deadline).start()
     nemesis = Nemesis(cluster, faults, quiet=quiet, hold=hold, seed=seed).start()
     try:
@@ -194,8 +273,14 @@ def run(cluster: JepsenCluster, *, seconds: float, faults: list[str], registers:
     cluster.wait_healthy()
     final_reads(cluster, recorder, registers)
     converge(cluster, [*registers, LEDGER_COUNT])
-    with Client([node.http_addr for node in cluster.nodes]) as kv:
+    with Client(addresses) as kv:
         count = kv.get(LEDGER_COUNT, 0)
         entries = {entry.key: entry.value for entry in kv.range(LEDGER_ENTRIES)}
+        watchers.finish(kv)
+    history = committed_history(cluster.nodes[0].url, start)
+    told = {(kind, key, value) for kind, key, value, _ in history}
+    untold = [f"the history has no event for {key} = {value}" for key, value in entries.items()
+              if ("set", key, value) not in told]  # the history itself must miss no committed write
     return CasReport(recorder.ops, ledger, check(recorder.ops), check_ledger(ledger, count, entries), nemesis.log,
-                     nemesis.errors)
+                     nemesis.errors, watchers.streams,
+                     watchers.errors + untold + check_streams(watchers.streams, history))

@@ -170,7 +170,7 @@ BAD_TXNS = [
     ({"compare": [{**KEY, "value": "x" * (256 * 1024)}]}, "value_too_large"),
     ({"success": [{}]}, "bad_txn"), ({"success": [{"put": {"k": 1}}]}, "bad_txn"),
     ({"success": [{"set": {"k": 1}, "delete": "k"}]}, "bad_txn"), ({"success": [{"set": {}}]}, "bad_txn"),
-    ({"success": [{"set": {"k": 1}, "lease": 1}]}, "bad_txn"), ({"success": [{"set": [["k", 1]]}]}, "bad_txn"),
+    ({"success": [{"set": {"k": 1}, "lease": "1"}]}, "bad_lease_id"), ({"success": [{"set": [["k", 1]]}]}, "bad_txn"),
     ({"success": [{"set": {"": 1}}]}, "bad_key"), ({"failure": [{"delete": 1}]}, "bad_key"),
     ({"success": [{"get": None}]}, "bad_key"), ({"success": [{"delete_prefix": ""}]}, "empty_prefix"),
     ({"success": [{"range": "p/"}]}, "bad_txn"), ({"success": [{"range": {"prefix": "p/", "limit": 0}}]}, "bad_txn"),

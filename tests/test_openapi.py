@@ -16,7 +16,8 @@ from openapi_spec_validator import validate
 from werkzeug import exceptions
 
 from hraftd import app as node_app
-from hraftd import connection, errors, keys, protocol, txnbody, web
+from hraftd import connection, errors, keys, protocol, txnbody, watch, web
+from hraftd.eventwindow import EventWindow
 from hraftd.metrics import NodeMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,9 @@ class FakeStore:
     timeout = 1.0
     applied_index = 0
     revision = 0
+
+    def __init__(self) -> None:
+        self.event_window = EventWindow()
 
     def sync_reads_async(self, level: str, done: Any) -> None:
         done(None)
@@ -160,7 +164,8 @@ def app_endpoints() -> dict[tuple[str, str], str]:
 def source_codes() -> set[str]:
     """Every error code the source can put in a body."""
     codes: set[str] = set()
-    sources = (Path(module.__file__).read_text() for module in (web, protocol, keys, txnbody, node_app, connection))
+    modules = (web, protocol, keys, txnbody, watch, node_app, connection)
+    sources = (Path(module.__file__).read_text() for module in modules)
     for node in (node for source in sources for node in ast.walk(ast.parse(source))):
         name = getattr(node.func, "id", getattr(node.func, "attr", None)) if isinstance(node, ast.Call) else None
         if name in ("BadRequest", "_error", "error_document", "Refused", "refuse"):

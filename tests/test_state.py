@@ -316,6 +316,19 @@ def test_the_keys_of_an_ended_lease_are_deleted_in_key_order_whatever_the_hash_o
     assert [event["key"] for event in kv.apply({"op": "lease_revoke", "id": lease}, 1.0).events] == sorted(keys)
 
 
+def test_an_expiry_decided_in_a_term_before_the_last_lease_epoch_ends_nothing(kv):
+    lease = run(kv, "lease_grant", ttl=5)["id"]
+    put(kv, {"a": 1}, lease=lease)
+    assert run(kv, "lease_epoch", term=3) == {"lease_term": 3}
+    assert run(kv, "lease_epoch", term=2) == {"lease_term": 3}  # a late epoch never goes back
+    assert kv.apply({"op": "lease_expire", "id": lease, "term": 2}, 1.0) == (
+        {"revoked": False, "deleted": 0, "revision": 1, "stale": True}, [])
+    assert kv.lease(lease)["keys"] == ["a"]
+    assert run(kv, "lease_expire", id=lease, term=3) == {"revoked": True, "deleted": 1, "revision": 2}
+    assert KVState.load(json.loads(json.dumps(kv.dump()))).lease_term == 3
+    assert run(kv, "lease_epoch", term=-1)["error"] == "bad_command"
+
+
 # Members
 
 def test_member_table_replaces_an_address_under_a_new_id(kv):

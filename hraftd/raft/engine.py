@@ -27,11 +27,13 @@ class Machine(SyncObjConsumer):
     sees half a batch.
     """
 
-    def __init__(self, state: Any, on_applied: Callable[[list[Any], int], None]) -> None:
+    def __init__(self, state: Any, on_applied: Callable[[list[Any], int], None],
+                 on_loaded: Callable[[int], None]) -> None:
         super().__init__()
         self.state = state
         self.lock = threading.Lock()
         self.on_applied = on_applied  # told each batch's results and the revision after it (watches, metrics)
+        self.on_loaded = on_loaded  # told the revision of a snapshot that replaced the state
         self.on_serialize: Callable[[], None] = lambda: None  # a snapshot is about to be taken
 
     @replicated
@@ -50,6 +52,7 @@ class Machine(SyncObjConsumer):
         loaded = type(self.state).load(data["state"])
         with self.lock:
             self.state = loaded
+        self.on_loaded(loaded.revision)
 
 
 class Engine:

@@ -75,6 +75,7 @@ class RaftOptions:
 class RaftNode:
     def __init__(self, address: str, peers: list[str], data_dir: Path, state: Any, options: RaftOptions,
                  on_applied: Callable[[list[Any], int], None] = lambda applied, revision: None,
+                 on_loaded: Callable[[int], None] = lambda revision: None,
                  discard_after: int | None = None, on_failure: Callable[[RaftError], None] = lambda error: None,
                  ) -> None:
         """``discard_after``: after a failed sync, the last index known to be on disk; anything later in the log
@@ -103,7 +104,7 @@ class RaftNode:
         self.sync_latency = LatencyHistogram()
         self.journal.on_sync = self.sync_latency.observe
         self.journal.on_compacted = self.snapshot_taken
-        self.machine = Machine(state, on_applied)
+        self.machine = Machine(state, on_applied, on_loaded)
         self.machine.on_serialize = self._snapshot_starting
         transports: list[RaftTransport] = []
 

@@ -1,0 +1,247 @@
+"""``GET /watch``: the changes of a key or of a prefix after a revision, as one long-poll answer or as a stream of
+Server-Sent Events, served by coroutines on the worker's event loop.
+
+Every watcher reads the node's one window of recent events (``hraftd.eventwindow``) and holds only its
+position and the events found for it but not yet sent. The applying thread does not touch watchers: after each
+entry it asks the loop, at most once per loop turn, to ``dispatch`` what was applied since the last turn, and
+the hub hands each event to the watchers of its key and of the prefixes above it. A watcher that has more
+events waiting than the window holds has fallen behind: it is told ``compacted`` and dropped. A stream whose
+client does not read is cut by the connection's write deadline (``-io-timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from hraftd.errors import CompactedError
+from hraftd.eventwindow import Event, EventWindow, matcher
+from hraftd.protocol import PAGE_BYTES, BadRequest, key_parameter, revision, wait_seconds
+from hraftd.request import Request, Response
+
+WATCH_ROUTE = "/watch"
+DEFAULT_WAIT = 60.0  # a long poll's wait, when not asked
+DEFAULT_HEARTBEAT = 15.0  # a stream's longest silence, when not asked
+MAX_WAIT = 300.0
+STREAM_CHUNK_BYTES = 256 * 1024  # events taken at a time for a stream (at least one revision's)
+RETRY_MS = 1000  # how soon an EventSource reconnects
+
+
+class Watcher:
+    """One watch: which keys, the revision it has been answered up to, the events found and not yet sent."""
+
+    __slots__ = ("closed", "compacted", "events", "key", "prefix", "since", "wake")
+
+    def __init__(self, key: str | None, prefix: str, since: int, events: list[Event]) -> None:
+        self.key, self.prefix, self.since, self.events = key, prefix, since, events
+        self.compacted: int | None = None  # the window's oldest revision, once events were lost for it
+        self.closed = False  # the node stops
+        self.wake: asyncio.Future[None] | None = None
+
+
+class WatchHub:
+    """The watchers of one event loop. Everything but ``_applied`` runs on that loop."""
+
+    def __init__(self, window: EventWindow) -> None:
+        self._window = window
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self.revision = 0  # every event up to this revision has been handed to the watchers that want it
+        self._by_key: dict[str, set[Watcher]] = {}
+        self._by_prefix: dict[str, set[Watcher]] = {}
+        self.count = 0
+        window.listen(self._applied)
+
+    def _applied(self) -> None:  # on the applying thread
+        loop = self._loop
+        if loop is None or self._scheduled:
+            return
+        self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the worker is exiting
+            loop.call_soon_threadsafe(self._dispatch)
+
+    def open(self, since: int, key: str | None, prefix: str) -> Watcher:
+        """A watcher of the events after ``since``, with those already applied; ``CompactedError`` if they
+        are no longer all kept."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self.revision = self._window.revision
+        _, events = self._window.read(since, matcher(key, prefix), self.revision)
+        watcher = Watcher(key, prefix, since, events)
+        index = self._by_key if key is not None else self._by_prefix
+        index.setdefault(key if key is not None else prefix, set()).add(watcher)
+        self.count += 1
+        return watcher
+
+    def close(self, watcher: Watcher) -> None:
+        index, name = (self._by_key, watcher.key) if watcher.key is not None else (self._by_prefix, watcher.prefix)
+        watchers = index.get(name)
+        if watchers is not None and watcher in watchers:
+            watchers.discard(watcher)
+            self.count -= 1
+            if not watchers:
+                del index[name]
+
+    def stop(self) -> None:
+        """The node stops: every watch answers what it has (a stream ends)."""
+        for watcher in self._all():
+            watcher.closed = True
+            _wake(watcher)
+
+    async def wait(self, watcher: Watcher, timeout: float) -> bool:
+        """Wait up to ``timeout`` for events (or the end of the watch); whether anything happened."""
+        if watcher.events or watcher.compacted is not None or watcher.closed:
+            return True
+        watcher.wake = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(watcher.wake, timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            watcher.wake = None
+
+    def take(self, watcher: Watcher, budget: int) -> tuple[int, list[tuple[int, str]]]:
+        """The revision the watcher is answered up to and its events as JSON (with their revisions), no more
+        than ``budget`` bytes of them unless one revision alone takes more. A revision is never split, so
+        the next watch from the answered revision goes on where this one stops."""
+        events, taken, size = watcher.events, [], 0
+        covered = max(watcher.since, self.revision)
+        for position, event in enumerate(events):
+            event_revision = event["mod_revision"]
+            if size > budget and event_revision != taken[-1][0]:
+                covered = taken[-1][0]
+                watcher.events = events[position:]
+                break
+            text = json.dumps(event, separators=(",", ":"))
+            taken.append((event_revision, text))
+            size += len(text) + 1
+        else:
+            watcher.events = []
+        watcher.since = covered
+        return covered, taken
+
+    def _dispatch(self) -> None:
+        self._scheduled = False  # before reading: whatever is applied later schedules another dispatch
+        if not self.count:
+            self.revision = self._window.revision
+            return
+        try:
+            covered, events = self._window.read(self.revision)
+        except CompactedError as gap:  # more was applied in one turn than the window holds, or a snapshot came
+            for watcher in self._all():
+                watcher.compacted = gap.oldest_revision
+                _wake(watcher)
+            self._by_key.clear()
+            self._by_prefix.clear()
+            self.count = 0
+            self.revision = self._window.revision
+            return
+        capacity = self._window.capacity
+        for event in events:
+            key = event["key"]
+            self._deliver(self._by_key.get(key, ()), event, capacity)
+            for prefix, watchers in self._by_prefix.items():
+                if key.startswith(prefix):
+                    self._deliver(watchers, event, capacity)
+        self.revision = covered
+
+    def _deliver(self, watchers: set[Watcher], event: Event, capacity: int) -> None:
+        event_revision = event["mod_revision"]
+        for watcher in list(watchers):
+            if event_revision <= watcher.since:
+                continue
+            watcher.events.append(event)
+            if len(watcher.events) > capacity:  # more waits for it than the window holds: it has fallen behind
+                watcher.events = []
+                watcher.compacted = self._window.oldest_revision
+                self.close(watcher)
+            _wake(watcher)
+
+    def _all(self) -> list[Watcher]:
+        return [watcher for index in (self._by_key, self._by_prefix) for group in index.values()
+                for watcher in group]
+
+
+def _wake(watcher: Watcher) -> None:
+    if watcher.wake is not None and not watcher.wake.done():
+        watcher.wake.set_result(None)
+
+
+class WatchHandler:
+    """``GET /watch`` of one node."""
+
+    def __init__(self, window: EventWindow, limits: Any) -> None:
+        self.hub = WatchHub(window)
+        self._window = window
+        self._limits = limits
+
+    async def answer(self, request: Request, parameters: dict[str, str],
+                     sync_reads: Callable[[str], Awaitable[None]]) -> Response:
+        key = key_parameter(parameters, "key", self._limits)
+        if key is None and "key" in parameters:
+            raise BadRequest("key must not be empty (to watch every key, leave key and prefix out)", "bad_key")
+        prefix = key_parameter(parameters, "prefix", self._limits) or ""
+        if key is not None and prefix:
+            raise BadRequest("watch a key or a prefix, not both", "bad_parameter")
+        stream = "text/event-stream" in request.header("accept")
+        since = revision(parameters.get("since"), "since")
+        last_event_id = request.header("last-event-id") if stream else ""
+        if last_event_id:  # an EventSource reconnecting: resume after the last revision it received
+            since = revision(last_event_id.strip(), "Last-Event-ID")
+        wait = wait_seconds(parameters.get("timeout"), DEFAULT_HEARTBEAT if stream else DEFAULT_WAIT, MAX_WAIT)
+        if since is None:  # from now: at least every write acknowledged before this request
+            await sync_reads("linearizable")
+            since = self._window.revision
+        watcher = self.hub.open(since, key, prefix)
+        if stream:
+            return Response(200, headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
+                            stream=self._stream(watcher, wait))
+        try:
+            await self.hub.wait(watcher, wait)
+            _raise_if_compacted(watcher)
+            covered, taken = self.hub.take(watcher, PAGE_BYTES)
+        finally:
+            self.hub.close(watcher)
+        events = ",".join(text for _, text in taken)
+        return Response(200, f'{{"revision":{covered},"events":[{events}]}}\n'.encode())
+
+    async def _stream(self, watcher: Watcher, heartbeat: float) -> AsyncIterator[bytes]:
+        hub = self.hub
+        try:
+            yield f"retry: {RETRY_MS}\nid: {watcher.since}\nevent: start\ndata: {{\"revision\":{watcher.since}}}\n\n" \
+                .encode()
+            while not watcher.closed:
+                if watcher.compacted is not None:
+                    document = json.dumps({"error": "the watch fell behind the events this node keeps",
+                                           "code": "compacted", "oldest_revision": watcher.compacted})
+                    yield f"event: error\ndata: {document}\n\n".encode()
+                    return
+                if watcher.events:
+                    yield _messages(hub.take(watcher, STREAM_CHUNK_BYTES)[1])
+                elif not await hub.wait(watcher, heartbeat):
+                    yield b": heartbeat\n\n"
+        finally:
+            hub.close(watcher)
+
+
+def _messages(taken: list[tuple[int, str]]) -> bytes:
+    """One Server-Sent Event per revision: ``id`` the revision, ``data`` its events."""
+    parts: list[str] = []
+    start = 0
+    for position in range(1, len(taken) + 1):
+        if position == len(taken) or taken[position][0] != taken[start][0]:
+            event_revision = taken[start][0]
+            events = ",".join(text for _, text in taken[start:position])
+            parts.append(f'id: {event_revision}\ndata: {{"revision":{event_revision},"events":[{events}]}}\n\n')
+            start = position
+    return "".join(parts).encode()
+
+
+def _raise_if_compacted(watcher: Watcher) -> None:
+    if watcher.compacted is not None:
+        raise CompactedError("the watch fell behind the events this node keeps; read the keys again and watch "
+                             "from their revision", watcher.compacted)

@@ -1,0 +1,451 @@
+"""GET /watch, ReplicatedKV.watch and Client.watch against real nodes: long polls and Server-Sent Events, the
+window and 410, followers, failover of the leader, bad parameters, and slow consumers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from nodes import Cluster, Node, free_port, wait_for
+
+from hraftd.client import Client, Compacted
+from hraftd.errors import CompactedError
+from hraftd.store import ReplicatedKV
+
+
+def watch(node: Node, **params: Any) -> requests.Response:
+    return requests.get(f"{node.url}/watch", params=params, timeout=30)
+
+
+def events_of(node: Node, **params: Any) -> list[tuple[str, str, Any, int]]:
+    """Every event the node still keeps after ``since``, as (type, key, value, mod_revision)."""
+    answer = watch(node, timeout=0, **params)
+    assert answer.status_code == 200, answer.text
+    return [(e["type"], e["key"], e.get("value"), e["mod_revision"]) for e in answer.json()["events"]]
+
+
+def revision_of(node: Node) -> int:
+    return requests.get(f"{node.url}/keys?count_only=true", timeout=15).json()["revision"]
+
+
+def write(node: Node, items: dict[str, Any]) -> int:
+    response = node.set(items)
+    assert response.status_code == 200, response.text
+    return response.json()["revision"]
+
+
+def stream_events(lines: Any) -> Any:
+    """The Server-Sent Events of a stream of lines: dicts of their fields; comments as {"comment": text}."""
+    fields: dict[str, str] = {}
+    for raw in lines:
+        line = raw.decode() if isinstance(raw, bytes) else raw
+        if not line:
+            if fields:
+                yield fields
+            fields = {}
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+
+
+@pytest.fixture(scope="module")
+def nodes(three_nodes):
+    return three_nodes
+
+
+@pytest.fixture(scope="module")
+def leader_and_follower(nodes):
+    leader = next(node for node in nodes if node.status()["role"] == "leader")
+    return leader, next(node for node in nodes if node is not leader)
+
+
+# ----- long polls -----
+
+
+def test_a_long_poll_answers_at_once_waits_and_times_out(nodes):
+    node = nodes[0]
+    start = write(node, {"lp/a": 1, "other": 0})
+    first = watch(node, key="lp/a", since=start - 1).json()
+    assert first == {"revision": start, "events": [{"type": "set", "key": "lp/a", "value": 1, "mod_revision": start}]}
+
+    began = time.monotonic()
+    quiet = watch(node, key="lp/a", since=start, timeout=0.3).json()
+    assert quiet["events"] == [] and quiet["revision"] >= start and time.monotonic() - began >= 0.3
+
+    answers: list[dict[str, Any]] = []
+    on_key: list[dict[str, Any]] = []
+    waiting = [threading.Thread(target=lambda: answers.append(watch(nodes[1], prefix="lp/", since=start,
+                                                                    timeout=20).json())),
+               threading.Thread(target=lambda: on_key.append(watch(nodes[1], key="lp/c", since=start,
+                                                                   timeout=20).json()))]
+    for thread in waiting:
+        thread.start()
+    write(node, {"other": 1, "lp": 1})  # neither under the prefix nor the key: answers neither watch
+    time.sleep(0.2)
+    assert all(thread.is_alive() for thread in waiting)
+    revision = write(node, {"lp/b": 2, "lp/c": None})
+    for thread in waiting:
+        thread.join(10)
+    assert answers == [{"revision": revision, "events": [
+        {"type": "set", "key": "lp/b", "value": 2, "mod_revision": revision},
+        {"type": "set", "key": "lp/c", "value": None, "mod_revision": revision}]}]
+    assert on_key == [{"revision": revision, "events": [
+        {"type": "set", "key": "lp/c", "value": None, "mod_revision": revision}]}]
+
+    deleted = requests.delete(f"{node.url}/keys?prefix=lp/", timeout=15).json()["revision"]
+    assert events_of(node, prefix="lp/", since=revision) == [
+        ("delete", "lp/a", None, deleted), ("delete", "lp/b", None, deleted), ("delete", "lp/c", None, deleted)]
+
+
+def test_a_since_not_yet_reached_waits_for_it(nodes):
+    node = nodes[0]
+    now = revision_of(node)
+    assert watch(node, since=now + 1, timeout=0).json() == {"revision": now + 1, "events": []}
+    answers: list[dict[str, Any]] = []
+    waiting = threading.Thread(target=lambda: answers.append(watch(nodes[2], key="ahead", since=now + 1,
+                                                                   timeout=20).json()))
+    waiting.start()
+    first = write(node, {"ahead": 1})
+    assert first == now + 1
+    second = write(node, {"ahead": 2})
+    waiting.join(10)
+    assert answers == [{"revision": second, "events": [
+        {"type": "set", "key": "ahead", "value": 2, "mod_revision": second}]}]
+
+
+def test_a_watch_without_since_starts_after_every_acknowledged_write(leader_and_follower):
+    leader, follower = leader_and_follower
+    for round_number in range(30):
+        acknowledged = write(leader, {"fresh": round_number})
+        answer = watch(follower, key="fresh", timeout=0).json()
+        assert answer["revision"] >= acknowledged, (round_number, answer, acknowledged)
+
+
+def test_a_follower_shows_every_committed_change_in_order(leader_and_follower):
+    leader, follower = leader_and_follower
+    start = revision_of(leader)
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        since = start
+        while not stop.is_set():
+            answer = watch(follower, prefix="f/", since=since, timeout=1).json()
+            assert answer["revision"] >= since
+            seen.extend(answer["events"])
+            since = answer["revision"]
+
+    watcher = threading.Thread(target=follow)
+    watcher.start()
+    written = []  # the revision of every write, each of which changes keys under f/
+    try:
+        with Client([leader.http_addr]) as client:
+            for i in range(60):
+                written.append(client.set(f"f/{i % 7}", i))
+                if i % 10 == 0:
+                    written.append(client.txn(success=[{"set": {f"f/t{i}": i, f"f/u{i}": i}},
+                                                       {"delete": f"f/{i % 7}"}])["revision"])
+                if i % 25 == 0:
+                    assert client.delete_prefix("f/t") > 0
+                    written.append(revision_of(leader))
+            final = client.set("f/last", True)
+        wait_for(lambda: seen and seen[-1]["mod_revision"] == final, 15, "the follower's watch to catch up")
+    finally:
+        stop.set()
+        watcher.join(10)
+    committed = events_of(leader, prefix="f/", since=start)
+    assert [(e["type"], e["key"], e.get("value"), e["mod_revision"]) for e in seen] == committed
+    assert {e["mod_revision"] for e in seen} == {*written, final}
+
+
+# ----- the window, and refusals -----
+
+
+@pytest.fixture(scope="module")
+def small_window(tmp_path_factory):
+    """One node that keeps 5 events."""
+    nodes = Cluster(tmp_path_factory.mktemp("window"))
+    try:
+        yield nodes.node("small").start(None, "-watch-window", "5", "-no-fsync").wait_ready()
+    finally:
+        nodes.cleanup()
+
+
+def test_a_since_older_than_the_window_is_answered_410(small_window):
+    node = small_window
+    start = revision_of(node)
+    for i in range(8):
+        write(node, {"w": i})
+    refused = watch(node, since=start)
+    assert refused.status_code == 410
+    assert refused.json()["code"] == "compacted" and refused.json()["oldest_revision"] == start + 3
+    streamed = requests.get(f"{node.url}/watch", params={"since": start}, timeout=10,
+                            headers={"Accept": "text/event-stream"})
+    assert streamed.status_code == 410 and streamed.json()["oldest_revision"] == start + 3
+    assert [e[2] for e in events_of(node, since=start + 3)] == [3, 4, 5, 6, 7]
+    with Client(node.http_addr) as client, pytest.raises(Compacted) as compacted:
+        next(client.watch(since=start))
+    assert compacted.value.oldest_revision == start + 3 and compacted.value.status == 410
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("bogus=1", "unknown_parameter"),
+    ("key=a&prefix=b", "bad_parameter"),
+    ("key=", "bad_key"),
+    ("timeout=301", "bad_parameter"),
+    ("timeout=-1", "bad_parameter"),
+    ("timeout=nan", "bad_parameter"),
+    ("timeout=abc", "bad_parameter"),
+    ("since=-1", "bad_revision"),
+    ("since=1.5", "bad_revision"),
+    ("since=99999999999999999999", "bad_revision"),
+    ("key=%01", "bad_key"),
+    ("prefix=" + "x" * 2000, "key_too_long"),
+])
+def test_bad_parameters_are_refused_with_400(nodes, query, code):
+    response = requests.get(f"{nodes[0].url}/watch?{query}", timeout=10)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == code
+
+
+def test_a_bad_last_event_id_is_refused(nodes):
+    response = requests.get(f"{nodes[0].url}/watch", timeout=10,
+                            headers={"Accept": "text/event-stream", "Last-Event-ID": "x"})
+    assert response.status_code == 400 and response.json()["code"] == "bad_revision"
+
+
+# ----- Server-Sent Events -----
+
+
+def test_a_stream_sends_events_heartbeats_and_resumes_after_last_event_id(nodes):
+    node = nodes[0]
+    start = write(node, {"s/a": 1})
+    second = write(node, {"s/b": 2})
+    headers = {"Accept": "text/event-stream"}
+    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": start - 1, "timeout": 0.2},
+                      headers=headers, stream=True, timeout=10) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        received = stream_events(response.iter_lines())
+        assert next(received) == {"retry": "1000", "id": str(start - 1), "event": "start",
+                                  "data": json.dumps({"revision": start - 1}, separators=(",", ":"))}
+        first = next(received)
+        assert first["id"] == str(start)
+        assert json.loads(first["data"]) == {"revision": start, "events": [
+            {"type": "set", "key": "s/a", "value": 1, "mod_revision": start}]}
+        assert json.loads(next(received)["data"])["events"][0]["value"] == 2
+        assert next(received) == {"comment": "heartbeat"}
+        third = write(nodes[1], {"s/c": 3})
+        event = next(received)
+        assert event["id"] == str(third) and json.loads(event["data"])["events"][0]["key"] == "s/c"
+    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": 0}, stream=True, timeout=10,
+                      headers={**headers, "Last-Event-ID": str(second)}) as response:  # the header wins
+        received = stream_events(response.iter_lines())
+        assert next(received)["id"] == str(second)
+        assert next(received)["id"] == str(third)
+
+
+def sse_reader(urls: list[str], since: int, stop: threading.Event, seen: list[dict[str, Any]],
+               connections: list[str]) -> None:
+    """A minimal EventSource: reads the stream of one node after another, resuming with Last-Event-ID."""
+    last, turn = since, 0
+    while not stop.is_set():
+        url = urls[turn % len(urls)]
+        try:
+            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 0.5}, stream=True, timeout=(2, 3),
+                              headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)}) as response:
+                if response.status_code != 200:
+                    raise requests.ConnectionError(response.text)
+                connections.append(url)
+                for event in stream_events(response.iter_lines()):
+                    if "data" in event and "event" not in event:
+                        seen.extend(json.loads(event["data"])["events"])
+                        last = int(event["id"])
+                    if stop.is_set():
+                        return
+        except requests.RequestException:
+            turn += 1
+            time.sleep(0.1)
+
+
+def test_watches_survive_the_leader_kill_with_no_gap_and_no_duplicate(cluster):
+    nodes = cluster.start(3)
+    leader = cluster.leader()
+    others = [node for node in nodes if node is not leader]
+    start = revision_of(leader)
+    stop = threading.Event()
+    streamed: list[dict[str, Any]] = []
+    connections: list[str] = []
+    sse = threading.Thread(target=sse_reader, args=([leader.url] + [n.url for n in others], start, stop, streamed,
+                                                    connections))
+    polled: list[dict[str, Any]] = []
+    watching = Client([leader.http_addr] + [n.http_addr for n in others], timeout=3, deadline=30)
+    iterator = watching.watch(key="k", since=start, timeout=0.5)
+
+    def poll() -> None:
+        for event in iterator:
+            polled.append(event)
+            if stop.is_set():
+                return
+
+    poller = threading.Thread(target=poll)
+    sse.start()
+    poller.start()
+    acknowledged = []
+    try:
+        with Client([n.http_addr for n in nodes], timeout=3, deadline=30) as writer:
+            for i in range(60):
+                if i == 20:
+                    leader.kill()
+                acknowledged.append(writer.set("k", i))
+            final = writer.set("k", "end")
+        wait_for(lambda: streamed and streamed[-1]["value"] == "end" and polled and polled[-1]["value"] == "end",
+                 20, "both watchers to see the last write")
+    finally:
+        stop.set()
+        with Client(others[0].http_addr) as last_writer:
+            last_writer.set("k", "stop")  # an event for each watcher, to see that it is to stop
+        sse.join(10)
+        poller.join(10)
+        watching.close()
+    history = [(e[2], e[3]) for e in events_of(others[0], key="k", since=start)]
+    history = history[:history.index(("end", final)) + 1]
+    assert {revision for _, revision in history} >= set(acknowledged)
+    for seen in (streamed, polled):
+        assert [(e["value"], e["mod_revision"]) for e in seen][:len(history)] == history
+    assert len(set(connections)) >= 2, connections  # the stream did move to another node
+    assert iterator.revision >= final
+
+
+# ----- slow consumers -----
+
+
+def open_stream(node: Node, since: int) -> socket.socket:
+    """A stream on a socket that reads as little as the kernel allows, and that the test does not read yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = node.http_addr.split(":")
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /watch?since={since}&timeout=300 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+                 .encode())
+    return sock
+
+
+def read_to_the_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """What the socket gives until the node closes it or ends the chunked answer (True), or until ``timeout``
+    passes (False)."""
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    sock.settimeout(0.5)
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return bytes(received), True
+        if not chunk:
+            return bytes(received), True
+        received += chunk
+        if received.endswith(b"\r\n0\r\n\r\n"):
+            return bytes(received), True
+    return bytes(received), False
+
+
+def closed_by_the_node(sock: socket.socket) -> bool:
+    """Whether the node's end of this connection has left ESTABLISHED (by /proc/net/tcp), read or not."""
+    own_port = sock.getsockname()[1]
+    node_port = sock.getpeername()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port, remote_port = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
+        if (local_port, remote_port) == (node_port, own_port):
+            return fields[3] != "01"
+    return True
+
+
+def test_a_stream_that_is_not_read_is_cut_off(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        node = cluster.node("impatient").start(None, "-io-timeout", "1", "-no-fsync").wait_ready()
+        sock = open_stream(node, revision_of(node))
+        try:
+            big = "x" * 200_000
+            with Client(node.http_addr) as client:
+                for i in range(60):  # 12 MB of events: far more than the socket buffers hold
+                    client.set(f"big{i % 3}", big)
+            wait_for(lambda: closed_by_the_node(sock), 15, "the node to close the stream nobody reads")
+            received, closed = read_to_the_end(sock, 15)
+        finally:
+            sock.close()
+        assert closed, f"the node still kept the stream open after {len(received)} bytes"
+        assert len(received) < 60 * len(big) and not received.endswith(b"\r\n0\r\n\r\n")
+        assert node.status()["ready"]
+    finally:
+        cluster.cleanup()
+
+
+def test_a_stream_that_falls_behind_the_window_is_told_compacted(small_window):
+    node = small_window
+    sock = open_stream(node, revision_of(node))
+    try:
+        with Client(node.http_addr) as client:
+            for i in range(40):  # more events than the window holds wait behind the socket's full buffers
+                client.set(f"big{i % 3}", "y" * 200_000)
+        received, ended = read_to_the_end(sock, 15)
+    finally:
+        sock.close()
+    assert ended
+    tail = received[-300:].decode(errors="replace")
+    assert "event: error" in tail and '"code": "compacted"' in tail, tail
+
+
+# ----- the window over a snapshot, and the Python API -----
+
+
+def test_a_restart_from_a_snapshot_starts_the_window_at_its_revision(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        node = cluster.node("snap").start(None, "-compact-log-bytes", "4096").wait_ready()
+        for i in range(40):
+            write(node, {f"k{i}": "z" * 500})
+        node.kill()
+        node.start(None, "-compact-log-bytes", "4096").wait_ready()
+        refused = watch(node, since=0)
+        assert refused.status_code == 410, refused.text
+        oldest = refused.json()["oldest_revision"]
+        assert 0 < oldest <= 40
+        after = events_of(node, since=oldest)
+        assert [e[3] for e in after] == list(range(oldest + 1, 41))
+    finally:
+        cluster.cleanup()
+
+
+def test_replicated_kv_watch(tmp_path):
+    with ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path, watch_window=3) as kv:
+        kv.wait_ready(20)
+        start = kv.put({"a": 1})
+        assert kv.watch(key="a", since=start - 1, timeout=0) == (start, [
+            {"type": "set", "key": "a", "value": 1, "mod_revision": start}])
+        assert kv.watch(key="a", timeout=0.1) == (start, [])
+        assert kv.watch(since=start + 5, timeout=0) == (start + 5, [])  # never an answer before its since
+        threading.Timer(0.2, kv.put, ({"b": [2]},)).start()
+        revision, events = kv.watch(prefix="b", since=start, timeout=10)
+        assert (revision, events) == (start + 1, [{"type": "set", "key": "b", "value": [2],
+                                                   "mod_revision": start + 1}])
+        events[0]["value"].append("changed")  # a copy: the node's state is untouched
+        assert kv["b"] == [2]
+        for i in range(3):
+            kv.put({"c": i})
+        with pytest.raises(CompactedError) as compacted:
+            kv.watch(since=start, timeout=0)
+        assert compacted.value.oldest_revision == start + 1  # 5 events, the window keeps the last 3
+        with pytest.raises(ValueError):
+            kv.watch(key="a", prefix="b")
