@@ -320,6 +320,7 @@ class ReplicatedKV(KVOperations):
             "fsync_latency": node.sync_latency,
             "keys": len(node.machine.state),
             "revision": node.machine.state.revision,
+            "watch_oldest_revision": self.event_window.oldest_revision,
         }
 
     def consistent_copy(self) -> tuple[int, int, dict[str, Any]]:

@@ -4,6 +4,7 @@ window and 410, followers, failover of the leader, bad parameters, and slow cons
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
 import time
@@ -449,3 +450,29 @@ def test_replicated_kv_watch(tmp_path):
         assert compacted.value.oldest_revision == start + 1  # 5 events, the window keeps the last 3
         with pytest.raises(ValueError):
             kv.watch(key="a", prefix="b")
+
+
+def test_head_answers_at_once(nodes):
+    for headers in ({}, {"Accept": "text/event-stream"}):
+        began = time.monotonic()
+        response = requests.head(f"{nodes[0].url}/watch", params={"timeout": 30}, headers=headers, timeout=10)
+        assert response.status_code == 200 and response.content == b""
+        assert time.monotonic() - began < 5
+
+
+def test_a_stopping_node_answers_its_watches_at_once(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        node = cluster.node("stopping").start().wait_ready()
+        answers: list[requests.Response] = []
+        waiting = threading.Thread(target=lambda: answers.append(watch(node, key="never", timeout=120)))
+        waiting.start()
+        wait_for(lambda: b"\nhraftd_watchers 1.0" in requests.get(f"{node.url}/metrics", timeout=5).content, 10,
+                 "the watch to wait")
+        began = time.monotonic()
+        assert node.signal_and_wait(signal.SIGTERM) == 0
+        waiting.join(10)
+        assert answers and answers[0].status_code == 200 and answers[0].json()["events"] == []
+        assert time.monotonic() - began < 10
+    finally:
+        cluster.cleanup()
