@@ -53,6 +53,7 @@ class WatchHub:
         self._by_key: dict[str, set[Watcher]] = {}
         self._by_prefix: dict[str, set[Watcher]] = {}
         self.count = 0
+        self._stopped = False
         window.listen(self._applied)
 
     def _applied(self) -> None:  # on the applying thread
@@ -71,6 +72,7 @@ class WatchHub:
             self.revision = self._window.revision
         _, events = self._window.read(since, matcher(key, prefix), self.revision)
         watcher = Watcher(key, prefix, since, events)
+        watcher.closed = self._stopped
         index = self._by_key if key is not None else self._by_prefix
         index.setdefault(key if key is not None else prefix, set()).add(watcher)
         self.count += 1
@@ -86,7 +88,8 @@ class WatchHub:
                 del index[name]
 
     def stop(self) -> None:
-        """The node stops: every watch answers what it has (a stream ends)."""
+        """The node stops: every watch answers what it has (a stream ends), and new ones do not wait."""
+        self._stopped = True
         for watcher in self._all():
             watcher.closed = True
             _wake(watcher)
@@ -188,6 +191,7 @@ class WatchHandler:
         if key is not None and prefix:
             raise BadRequest("watch a key or a prefix, not both", "bad_parameter")
         stream = "text/event-stream" in request.header("accept")
+        head_only = request.method == "HEAD"  # the headers of the answer, at once
         since = revision(parameters.get("since"), "since")
         last_event_id = request.header("last-event-id") if stream else ""
         if last_event_id:  # an EventSource reconnecting: resume after the last revision it received
@@ -198,10 +202,13 @@ class WatchHandler:
             since = self._window.revision
         watcher = self.hub.open(since, key, prefix)
         if stream:
-            return Response(200, headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
-                            stream=self._stream(watcher, wait))
+            headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+            if head_only:
+                self.hub.close(watcher)
+                return Response(200, headers=headers)
+            return Response(200, headers=headers, stream=self._stream(watcher, wait))
         try:
-            await self.hub.wait(watcher, wait)
+            await self.hub.wait(watcher, 0 if head_only else wait)
             _raise_if_compacted(watcher)
             covered, taken = self.hub.take(watcher, PAGE_BYTES)
         finally:
