@@ -144,24 +144,27 @@ class WatchHub:
             self.revision = self._window.revision
             return
         capacity = self._window.capacity
+        fallen_behind: list[Watcher] = []
         for event in events:
             key = event["key"]
-            self._deliver(self._by_key.get(key, ()), event, capacity)
+            self._deliver(self._by_key.get(key, ()), event, capacity, fallen_behind)
             for prefix, watchers in self._by_prefix.items():
                 if key.startswith(prefix):
-                    self._deliver(watchers, event, capacity)
+                    self._deliver(watchers, event, capacity, fallen_behind)
         self.revision = covered
+        for watcher in fallen_behind:  # after the loop over the indexes, which this changes
+            self.close(watcher)
 
-    def _deliver(self, watchers: set[Watcher], event: Event, capacity: int) -> None:
+    def _deliver(self, watchers: set[Watcher], event: Event, capacity: int, fallen_behind: list[Watcher]) -> None:
         event_revision = event["mod_revision"]
-        for watcher in list(watchers):
-            if event_revision <= watcher.since:
+        for watcher in watchers:
+            if event_revision <= watcher.since or watcher.compacted is not None:
                 continue
             watcher.events.append(event)
             if len(watcher.events) > capacity:  # more waits for it than the window holds: it has fallen behind
                 watcher.events = []
                 watcher.compacted = self._window.oldest_revision
-                self.close(watcher)
+                fallen_behind.append(watcher)
             _wake(watcher)
 
     def _all(self) -> list[Watcher]:

@@ -3,6 +3,7 @@ window and 410, followers, failover of the leader, bad parameters, and slow cons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -17,7 +18,9 @@ from nodes import Cluster, Node, free_port, wait_for
 
 from hraftd.client import Client, Compacted
 from hraftd.errors import CompactedError
+from hraftd.eventwindow import EventWindow
 from hraftd.store import ReplicatedKV
+from hraftd.watch import Watcher, WatchHub
 
 
 def watch(node: Node, **params: Any) -> requests.Response:
@@ -476,3 +479,36 @@ def test_a_stopping_node_answers_its_watches_at_once(tmp_path):
         assert time.monotonic() - began < 10
     finally:
         cluster.cleanup()
+
+
+def test_the_hub_drops_a_watcher_that_falls_behind_and_serves_the_others_once():
+    """A watcher with more events waiting than the window holds, its prefix watched by no other (the hub with a
+    real window, on a real loop)."""
+    window = EventWindow(capacity=3)
+    hub = WatchHub(window)
+
+    def applied(revision: int, key: str) -> None:
+        window.add([{"type": "set", "key": key, "value": revision, "mod_revision": revision}], revision)
+
+    async def dispatched(revision: int) -> None:
+        deadline = time.monotonic() + 5
+        while hub.revision != revision:  # the dispatch comes on one of the next loop turns
+            assert time.monotonic() < deadline, f"the hub is at revision {hub.revision}, not {revision}"
+            await asyncio.sleep(0.001)
+
+    async def turns() -> tuple[Watcher, Watcher, Watcher]:
+        alone = hub.open(0, None, "a/")  # the only watcher of its prefix; it never takes its events
+        other = hub.open(0, "b", "")
+        everything = hub.open(0, None, "")
+        for revision in range(1, 4):
+            applied(revision, f"a/{revision}")
+        await dispatched(3)
+        applied(4, "a/4")
+        applied(5, "b")
+        await dispatched(5)
+        return alone, other, everything
+
+    alone, other, everything = asyncio.run(turns())
+    assert alone.compacted == 2 and alone.events == [] and everything.compacted == 2
+    assert other.compacted is None and [event["value"] for event in other.events] == [5]
+    assert hub.count == 1
