@@ -16,7 +16,7 @@ import pytest
 import requests
 from nodes import Cluster, Node, free_port, wait_for
 
-from hraftd.client import Client, Compacted
+from hraftd.client import AsyncClient, Client, Compacted
 from hraftd.errors import CompactedError
 from hraftd.eventwindow import EventWindow
 from hraftd.store import ReplicatedKV
@@ -512,3 +512,15 @@ def test_the_hub_drops_a_watcher_that_falls_behind_and_serves_the_others_once():
     assert alone.compacted == 2 and alone.events == [] and everything.compacted == 2
     assert other.compacted is None and [event["value"] for event in other.events] == [5]
     assert hub.count == 1
+
+
+def test_the_async_client_watches(nodes):
+    async def first_change(since: int) -> dict[str, Any]:
+        async with AsyncClient([node.http_addr for node in nodes]) as kv:
+            async for event in kv.watch(key="async", since=since, timeout=5):
+                return event
+        raise AssertionError("the watch ended")
+
+    revision = write(nodes[1], {"async": "yes"})
+    assert asyncio.run(first_change(revision - 1)) == {"type": "set", "key": "async", "value": "yes",
+                                                        "mod_revision": revision}
