@@ -158,6 +158,7 @@ class ReplicatedKV(KVOperations):
             while not self._closed:
                 time.sleep(_REOPEN_INTERVAL)
                 try:
+                    self.event_window.reset(0)  # the new node applies its log again from its snapshot, or from 0
                     self._node = self._open(discard_after=failed.journal.synced_index)
                     log.info("reopened the Raft node from disk after: %s", failed.failure)
                     return

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+import syscalls
 from nodes import Cluster, Node, free_port, wait_for
 
 from hraftd.client import AsyncClient, Client, Compacted
@@ -524,3 +525,45 @@ def test_the_async_client_watches(nodes):
     revision = write(nodes[1], {"async": "yes"})
     assert asyncio.run(first_change(revision - 1)) == {"type": "set", "key": "async", "value": "yes",
                                                         "mod_revision": revision}
+
+
+@pytest.mark.skipif(not syscalls.available(), reason="strace is needed to make a sync fail")
+def test_a_watch_on_a_node_that_reopens_after_a_failed_sync_misses_nothing_and_repeats_nothing(cluster, tmp_path):
+    node0 = cluster.node("node0").start(None, "-raft-insecure").wait_ready()
+    failing = cluster.node("node1")
+    failing.trace = tmp_path / "node1.trace"
+    failing.inject = "fdatasync:error=EIO:when=25"  # its 25th sync fails: it stops and reopens from its data
+    failing.start(node0, "-raft-insecure").wait_ready(60)
+    cluster.node("node2").start(node0, "-raft-insecure").wait_ready()
+    start = revision_of(node0)
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def follow() -> None:
+        since = start
+        while not stop.is_set():
+            try:
+                answer = watch(failing, prefix="k", since=since, timeout=1)
+            except requests.RequestException:
+                continue
+            if answer.status_code == 200:  # 503 while it reopens
+                seen.extend(answer.json()["events"])
+                since = answer.json()["revision"]
+
+    watcher = threading.Thread(target=follow)
+    watcher.start()
+    try:
+        for i in range(60):
+            write(node0, {f"k{i}": i})
+        wait_for(lambda: "reopened the Raft node from disk" in failing.log(), 30, "node1 to reopen")
+        wait_for(lambda: seen and seen[-1]["key"] == "k59", 30, "the watch on node1 to see the last write")
+    finally:
+        stop.set()
+        watcher.join(10)
+    history = events_of(node0, since=start)
+    assert [(e["key"], e["mod_revision"]) for e in seen] == [(e[1], e[3]) for e in history]
+    kept = watch(failing, since=start, timeout=0)  # what node1 still keeps: a suffix of the history, in order
+    if kept.status_code == 410:
+        kept = watch(failing, since=kept.json()["oldest_revision"], timeout=0)
+    told = [(e["type"], e["key"], e.get("value"), e["mod_revision"]) for e in kept.json()["events"]]
+    assert told and told == history[len(history) - len(told):]
