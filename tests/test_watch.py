@@ -15,8 +15,12 @@ from typing import Any
 import pytest
 import requests
 import syscalls
+from appclient import AppClient
 from nodes import Cluster, Node, free_port, wait_for
+from test_openapi import FakeStore
 
+from hraftd.app import build_app
+from hraftd.auth import TokenFile
 from hraftd.client import AsyncClient, Client, Compacted
 from hraftd.errors import CompactedError
 from hraftd.eventwindow import EventWindow
@@ -567,3 +571,26 @@ def test_a_watch_on_a_node_that_reopens_after_a_failed_sync_misses_nothing_and_r
         kept = watch(failing, since=kept.json()["oldest_revision"], timeout=0)
     told = [(e["type"], e["key"], e.get("value"), e["mod_revision"]) for e in kept.json()["events"]]
     assert told and told == history[len(history) - len(told):]
+
+
+def test_a_watch_needs_the_read_role(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("read r-0123456789abcdef\n")
+    client = AppClient(build_app(FakeStore(), tokens=TokenFile(tokens)))  # tokens are checked before the store
+    try:
+        assert client.get("/watch?since=0&timeout=0").status_code == 401
+        answer = client.get("/watch?since=0&timeout=0", headers={"Authorization": "Bearer r-0123456789abcdef"})
+        assert answer.status_code == 200 and answer.get_json() == {"revision": 0, "events": []}
+    finally:
+        client.close()
+
+
+def test_lease_expiry_is_told_as_expire_events(tmp_path):
+    with ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path) as kv:
+        kv.wait_ready(20)
+        lease = kv.execute({"op": "lease_grant", "ttl": 5})["id"]
+        start = kv.execute({"op": "put", "items": {"svc/a": 1, "svc/b": 2}, "lease": lease})["revision"]
+        kv.execute({"op": "lease_expire", "id": lease})
+        assert kv.watch(prefix="svc/", since=start, timeout=5) == (start + 1, [
+            {"type": "expire", "key": "svc/a", "mod_revision": start + 1},
+            {"type": "expire", "key": "svc/b", "mod_revision": start + 1}])
