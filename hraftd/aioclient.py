@@ -64,6 +64,13 @@ class AsyncClient:
                   failure: Sequence[dict[str, Any]] = (), *, idempotency_key: str | None = None) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.txn, compare, success, failure, idempotency_key=idempotency_key)
 
+    async def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,
+                    timeout: float = 60.0) -> AsyncIterator[dict[str, Any]]:
+        changes = self.sync.watch(key, prefix, since, timeout)
+        done = object()
+        while (event := await asyncio.to_thread(next, changes, done)) is not done:
+            yield event
+
     async def status(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.sync.status)
 

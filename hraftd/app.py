@@ -21,7 +21,7 @@ from typing import Any
 from hraftd import peercred, web
 from hraftd.errors import HraftdError
 from hraftd.keys import KeyHandlers
-from hraftd.metrics import NodeMetrics
+from hraftd.metrics import NodeMetrics, WatchCollector
 from hraftd.protocol import BadRequest, error_details, error_document, internal_error_message, status_of
 from hraftd.request import Request, Response
 from hraftd.settings import Limits
@@ -53,6 +53,7 @@ class NodeApp:
         self.io_timeout = io_timeout
         self.metrics = metrics
         self._keys = KeyHandlers(store, limits, tokens)
+        metrics.registry.register(WatchCollector(self._keys.watches.hub))
         self._flask = flask_app
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hraftd-http")
         self._in_pool = 0

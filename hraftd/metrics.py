@@ -55,6 +55,18 @@ class StoreCollector:
                                         buckets=buckets, sum_value=latency.sum)
         yield _gauge("hraftd_keys", "Keys stored", stats["keys"])
         yield _gauge("hraftd_revision", "Revision of the data (changes applied)", stats["revision"])
+        yield _gauge("hraftd_watch_oldest_revision", "Oldest revision a watch can start after on this node",
+                     stats["watch_oldest_revision"])
+
+
+class WatchCollector:
+    """How many watches wait on this node, read at every scrape."""
+
+    def __init__(self, hub: Any) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        yield _gauge("hraftd_watchers", "Watches waiting for changes (long polls and streams)", self._hub.count)
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -160,6 +160,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
             while not self._closed:
                 time.sleep(_REOPEN_INTERVAL)
                 try:
+                    self.event_window.reset(0)  # the new node applies its log again from its snapshot, or from 0
                     self._node = self._open(discard_after=failed.journal.synced_index)
                     log.info("reopened the Raft node from disk after: %s", failed.failure)
                     return
@@ -323,6 +324,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
             "fsync_latency": node.sync_latency,
             "keys": len(node.machine.state),
             "revision": node.machine.state.revision,
+            "watch_oldest_revision": self.event_window.oldest_revision,
         }
 
     def consistent_copy(self) -> tuple[int, int, dict[str, Any]]:

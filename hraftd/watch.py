@@ -53,6 +53,7 @@ class WatchHub:
         self._by_key: dict[str, set[Watcher]] = {}
         self._by_prefix: dict[str, set[Watcher]] = {}
         self.count = 0
+        self._stopped = False
         window.listen(self._applied)
 
     def _applied(self) -> None:  # on the applying thread
@@ -71,6 +72,7 @@ class WatchHub:
             self.revision = self._window.revision
         _, events = self._window.read(since, matcher(key, prefix), self.revision)
         watcher = Watcher(key, prefix, since, events)
+        watcher.closed = self._stopped
         index = self._by_key if key is not None else self._by_prefix
         index.setdefault(key if key is not None else prefix, set()).add(watcher)
         self.count += 1
@@ -86,7 +88,8 @@ class WatchHub:
                 del index[name]
 
     def stop(self) -> None:
-        """The node stops: every watch answers what it has (a stream ends)."""
+        """The node stops: every watch answers what it has (a stream ends), and new ones do not wait."""
+        self._stopped = True
         for watcher in self._all():
             watcher.closed = True
             _wake(watcher)
@@ -141,24 +144,27 @@ class WatchHub:
             self.revision = self._window.revision
             return
         capacity = self._window.capacity
+        fallen_behind: list[Watcher] = []
         for event in events:
             key = event["key"]
-            self._deliver(self._by_key.get(key, ()), event, capacity)
+            self._deliver(self._by_key.get(key, ()), event, capacity, fallen_behind)
             for prefix, watchers in self._by_prefix.items():
                 if key.startswith(prefix):
-                    self._deliver(watchers, event, capacity)
+                    self._deliver(watchers, event, capacity, fallen_behind)
         self.revision = covered
+        for watcher in fallen_behind:  # after the loop over the indexes, which this changes
+            self.close(watcher)
 
-    def _deliver(self, watchers: set[Watcher], event: Event, capacity: int) -> None:
+    def _deliver(self, watchers: set[Watcher], event: Event, capacity: int, fallen_behind: list[Watcher]) -> None:
         event_revision = event["mod_revision"]
-        for watcher in list(watchers):
-            if event_revision <= watcher.since:
+        for watcher in watchers:
+            if event_revision <= watcher.since or watcher.compacted is not None:
                 continue
             watcher.events.append(event)
             if len(watcher.events) > capacity:  # more waits for it than the window holds: it has fallen behind
                 watcher.events = []
                 watcher.compacted = self._window.oldest_revision
-                self.close(watcher)
+                fallen_behind.append(watcher)
             _wake(watcher)
 
     def _all(self) -> list[Watcher]:
@@ -188,6 +194,7 @@ class WatchHandler:
         if key is not None and prefix:
             raise BadRequest("watch a key or a prefix, not both", "bad_parameter")
         stream = "text/event-stream" in request.header("accept")
+        head_only = request.method == "HEAD"  # the headers of the answer, at once
         since = revision(parameters.get("since"), "since")
         last_event_id = request.header("last-event-id") if stream else ""
         if last_event_id:  # an EventSource reconnecting: resume after the last revision it received
@@ -198,10 +205,13 @@ class WatchHandler:
             since = self._window.revision
         watcher = self.hub.open(since, key, prefix)
         if stream:
-            return Response(200, headers=[("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")],
-                            stream=self._stream(watcher, wait))
+            headers = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")]
+            if head_only:
+                self.hub.close(watcher)
+                return Response(200, headers=headers)
+            return Response(200, headers=headers, stream=self._stream(watcher, wait))
         try:
-            await self.hub.wait(watcher, wait)
+            await self.hub.wait(watcher, 0 if head_only else wait)
             _raise_if_compacted(watcher)
             covered, taken = self.hub.take(watcher, PAGE_BYTES)
         finally:

@@ -1,22 +1,27 @@
 """GET /watch, ReplicatedKV.watch and Client.watch against real nodes: long polls and Server-Sent Events, the
-window and 410, followers, failover of the leader, bad parameters, and slow consumers."""
+window and 410, followers, bad parameters, roles, and the watch hub on a real loop (faults: test_watch_faults)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from appclient import AppClient
 from nodes import Cluster, Node, free_port, wait_for
+from test_openapi import FakeStore
 
-from hraftd.client import Client, Compacted
+from hraftd.app import build_app
+from hraftd.auth import TokenFile
+from hraftd.client import AsyncClient, Client, Compacted
 from hraftd.errors import CompactedError
+from hraftd.eventwindow import EventWindow
 from hraftd.store import ReplicatedKV
+from hraftd.watch import Watcher, WatchHub
 
 
 def watch(node: Node, **params: Any) -> requests.Response:
@@ -252,180 +257,10 @@ def test_a_stream_sends_events_heartbeats_and_resumes_after_last_event_id(nodes)
         assert next(received)["id"] == str(third)
 
 
-def sse_reader(urls: list[str], since: int, stop: threading.Event, seen: list[dict[str, Any]],
-               connections: list[str]) -> None:
-    """A minimal EventSource: reads the stream of one node after another, resuming with Last-Event-ID."""
-    last, turn = since, 0
-    while not stop.is_set():
-        url = urls[turn % len(urls)]
-        try:
-            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 0.5}, stream=True, timeout=(2, 3),
-                              headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)}) as response:
-                if response.status_code != 200:
-                    raise requests.ConnectionError(response.text)
-                connections.append(url)
-                for event in stream_events(response.iter_lines()):
-                    if "data" in event and "event" not in event:
-                        seen.extend(json.loads(event["data"])["events"])
-                        last = int(event["id"])
-                    if stop.is_set():
-                        return
-        except requests.RequestException:
-            turn += 1
-            time.sleep(0.1)
-
-
-def test_watches_survive_the_leader_kill_with_no_gap_and_no_duplicate(cluster):
-    nodes = cluster.start(3)
-    leader = cluster.leader()
-    others = [node for node in nodes if node is not leader]
-    start = revision_of(leader)
-    stop = threading.Event()
-    streamed: list[dict[str, Any]] = []
-    connections: list[str] = []
-    sse = threading.Thread(target=sse_reader, args=([leader.url] + [n.url for n in others], start, stop, streamed,
-                                                    connections))
-    polled: list[dict[str, Any]] = []
-    watching = Client([leader.http_addr] + [n.http_addr for n in others], timeout=3, deadline=30)
-    iterator = watching.watch(key="k", since=start, timeout=0.5)
-
-    def poll() -> None:
-        for event in iterator:
-            polled.append(event)
-            if stop.is_set():
-                return
-
-    poller = threading.Thread(target=poll)
-    sse.start()
-    poller.start()
-    acknowledged = []
-    try:
-        with Client([n.http_addr for n in nodes], timeout=3, deadline=30) as writer:
-            for i in range(60):
-                if i == 20:
-                    leader.kill()
-                acknowledged.append(writer.set("k", i))
-            final = writer.set("k", "end")
-        wait_for(lambda: streamed and streamed[-1]["value"] == "end" and polled and polled[-1]["value"] == "end",
-                 20, "both watchers to see the last write")
-    finally:
-        stop.set()
-        with Client(others[0].http_addr) as last_writer:
-            last_writer.set("k", "stop")  # an event for each watcher, to see that it is to stop
-        sse.join(10)
-        poller.join(10)
-        watching.close()
-    history = [(e[2], e[3]) for e in events_of(others[0], key="k", since=start)]
-    history = history[:history.index(("end", final)) + 1]
-    assert {revision for _, revision in history} >= set(acknowledged)
-    for seen in (streamed, polled):
-        assert [(e["value"], e["mod_revision"]) for e in seen][:len(history)] == history
-    assert len(set(connections)) >= 2, connections  # the stream did move to another node
-    assert iterator.revision >= final
-
-
 # ----- slow consumers -----
 
 
-def open_stream(node: Node, since: int) -> socket.socket:
-    """A stream on a socket that reads as little as the kernel allows, and that the test does not read yet."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    host, port = node.http_addr.split(":")
-    sock.connect((host, int(port)))
-    sock.sendall(f"GET /watch?since={since}&timeout=300 HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
-                 .encode())
-    return sock
-
-
-def read_to_the_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
-    """What the socket gives until the node closes it or ends the chunked answer (True), or until ``timeout``
-    passes (False)."""
-    received = bytearray()
-    deadline = time.monotonic() + timeout
-    sock.settimeout(0.5)
-    while time.monotonic() < deadline:
-        try:
-            chunk = sock.recv(1 << 16)
-        except TimeoutError:
-            continue
-        except ConnectionResetError:
-            return bytes(received), True
-        if not chunk:
-            return bytes(received), True
-        received += chunk
-        if received.endswith(b"\r\n0\r\n\r\n"):
-            return bytes(received), True
-    return bytes(received), False
-
-
-def closed_by_the_node(sock: socket.socket) -> bool:
-    """Whether the node's end of this connection has left ESTABLISHED (by /proc/net/tcp), read or not."""
-    own_port = sock.getsockname()[1]
-    node_port = sock.getpeername()[1]
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port, remote_port = int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)
-        if (local_port, remote_port) == (node_port, own_port):
-            return fields[3] != "01"
-    return True
-
-
-def test_a_stream_that_is_not_read_is_cut_off(tmp_path):
-    cluster = Cluster(tmp_path)
-    try:
-        node = cluster.node("impatient").start(None, "-io-timeout", "1", "-no-fsync").wait_ready()
-        sock = open_stream(node, revision_of(node))
-        try:
-            big = "x" * 200_000
-            with Client(node.http_addr) as client:
-                for i in range(60):  # 12 MB of events: far more than the socket buffers hold
-                    client.set(f"big{i % 3}", big)
-            wait_for(lambda: closed_by_the_node(sock), 15, "the node to close the stream nobody reads")
-            received, closed = read_to_the_end(sock, 15)
-        finally:
-            sock.close()
-        assert closed, f"the node still kept the stream open after {len(received)} bytes"
-        assert len(received) < 60 * len(big) and not received.endswith(b"\r\n0\r\n\r\n")
-        assert node.status()["ready"]
-    finally:
-        cluster.cleanup()
-
-
-def test_a_stream_that_falls_behind_the_window_is_told_compacted(small_window):
-    node = small_window
-    sock = open_stream(node, revision_of(node))
-    try:
-        with Client(node.http_addr) as client:
-            for i in range(40):  # more events than the window holds wait behind the socket's full buffers
-                client.set(f"big{i % 3}", "y" * 200_000)
-        received, ended = read_to_the_end(sock, 15)
-    finally:
-        sock.close()
-    assert ended
-    tail = received[-300:].decode(errors="replace")
-    assert "event: error" in tail and '"code": "compacted"' in tail, tail
-
-
 # ----- the window over a snapshot, and the Python API -----
-
-
-def test_a_restart_from_a_snapshot_starts_the_window_at_its_revision(tmp_path):
-    cluster = Cluster(tmp_path)
-    try:
-        node = cluster.node("snap").start(None, "-compact-log-bytes", "4096").wait_ready()
-        for i in range(40):
-            write(node, {f"k{i}": "z" * 500})
-        node.kill()
-        node.start(None, "-compact-log-bytes", "4096").wait_ready()
-        refused = watch(node, since=0)
-        assert refused.status_code == 410, refused.text
-        oldest = refused.json()["oldest_revision"]
-        assert 0 < oldest <= 40
-        after = events_of(node, since=oldest)
-        assert [e[3] for e in after] == list(range(oldest + 1, 41))
-    finally:
-        cluster.cleanup()
 
 
 def test_replicated_kv_watch(tmp_path):
@@ -449,3 +284,79 @@ def test_replicated_kv_watch(tmp_path):
         assert compacted.value.oldest_revision == start + 1  # 5 events, the window keeps the last 3
         with pytest.raises(ValueError):
             kv.watch(key="a", prefix="b")
+
+
+def test_head_answers_at_once(nodes):
+    for headers in ({}, {"Accept": "text/event-stream"}):
+        began = time.monotonic()
+        response = requests.head(f"{nodes[0].url}/watch", params={"timeout": 30}, headers=headers, timeout=10)
+        assert response.status_code == 200 and response.content == b""
+        assert time.monotonic() - began < 5
+
+
+def test_the_hub_drops_a_watcher_that_falls_behind_and_serves_the_others_once():
+    """A watcher with more events waiting than the window holds, its prefix watched by no other (the hub with a
+    real window, on a real loop)."""
+    window = EventWindow(capacity=3)
+    hub = WatchHub(window)
+
+    def applied(revision: int, key: str) -> None:
+        window.add([{"type": "set", "key": key, "value": revision, "mod_revision": revision}], revision)
+
+    async def dispatched(revision: int) -> None:
+        deadline = time.monotonic() + 5
+        while hub.revision != revision:  # the dispatch comes on one of the next loop turns
+            assert time.monotonic() < deadline, f"the hub is at revision {hub.revision}, not {revision}"
+            await asyncio.sleep(0.001)
+
+    async def turns() -> tuple[Watcher, Watcher, Watcher]:
+        alone = hub.open(0, None, "a/")  # the only watcher of its prefix; it never takes its events
+        other = hub.open(0, "b", "")
+        everything = hub.open(0, None, "")
+        for revision in range(1, 4):
+            applied(revision, f"a/{revision}")
+        await dispatched(3)
+        applied(4, "a/4")
+        applied(5, "b")
+        await dispatched(5)
+        return alone, other, everything
+
+    alone, other, everything = asyncio.run(turns())
+    assert alone.compacted == 2 and alone.events == [] and everything.compacted == 2
+    assert other.compacted is None and [event["value"] for event in other.events] == [5]
+    assert hub.count == 1
+
+
+def test_the_async_client_watches(nodes):
+    async def first_change(since: int) -> dict[str, Any]:
+        async with AsyncClient([node.http_addr for node in nodes]) as kv:
+            async for event in kv.watch(key="async", since=since, timeout=5):
+                return event
+        raise AssertionError("the watch ended")
+
+    revision = write(nodes[1], {"async": "yes"})
+    assert asyncio.run(first_change(revision - 1)) == {"type": "set", "key": "async", "value": "yes",
+                                                        "mod_revision": revision}
+
+
+def test_a_watch_needs_the_read_role(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("read r-0123456789abcdef\n")
+    client = AppClient(build_app(FakeStore(), tokens=TokenFile(tokens)))  # tokens are checked before the store
+    try:
+        assert client.get("/watch?since=0&timeout=0").status_code == 401
+        answer = client.get("/watch?since=0&timeout=0", headers={"Authorization": "Bearer r-0123456789abcdef"})
+        assert answer.status_code == 200 and answer.get_json() == {"revision": 0, "events": []}
+    finally:
+        client.close()
+
+
+def test_lease_expiry_is_told_as_expire_events(tmp_path):
+    with ReplicatedKV(f"127.0.0.1:{free_port()}", data_dir=tmp_path) as kv:
+        kv.wait_ready(20)
+        lease = kv.execute({"op": "lease_grant", "ttl": 5})["id"]
+        start = kv.execute({"op": "put", "items": {"svc/a": 1, "svc/b": 2}, "lease": lease})["revision"]
+        kv.execute({"op": "lease_expire", "id": lease})
+        assert kv.watch(prefix="svc/", since=start, timeout=5) == (start + 1, [
+            {"type": "expire", "key": "svc/a", "mod_revision": start + 1},
+            {"type": "expire", "key": "svc/b", "mod_revision": start + 1}])
