@@ -84,7 +84,10 @@ class Lease:
                 if getattr(error, "code", None) == "lease_not_found":
                     self._ended = True
                     return
-                pause = 0.0  # the attempt spent its time failing over: try again at once
+                # The next try an interval after this one began: at once after an attempt that spent its time
+                # failing over (unavailable, outcome unknown), not in a tight loop on a refusal answered at once
+                # (401, 403, a proxy's 502), which may pass before a ttl is over.
+                pause = max(sent + interval - time.monotonic(), 0.0)
                 continue
             with self._lock:
                 self._valid_until = max(self._valid_until, sent + self.ttl)

@@ -3,6 +3,7 @@ leader is killed twice), the election, and python.md's service discovery recipe.
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import os
@@ -238,3 +239,42 @@ def test_an_acquire_whose_claim_has_an_unknown_outcome_does_not_leave_the_lock_h
             client.lock("unknown", ttl=5).acquire(timeout=2)
         assert client.get("locks/unknown") is None, "the claim applied, and its lease was left alive"
         assert_leases_gone(nodes[0], spy.granted)
+
+
+class RefusingProxy(http.server.BaseHTTPRequestHandler):
+    """Grants any lease and answers every keepalive with a load balancer's 502 (an HTML page), counting them."""
+
+    keepalives = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/lease":
+            status, kind, body = 200, "application/json", json.dumps({"id": 1, "ttl": 1}).encode()
+        else:
+            type(self).keepalives += 1
+            status, kind, body = 502, "text/html", b"<html>502 Bad Gateway</html>"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_lease_whose_keepalives_are_refused_at_once_tries_again_an_interval_later_not_in_a_tight_loop():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"127.0.0.1:{server.server_address[1]}", timeout=2.0) as client:
+            lease = client.lease(1).grant()
+            time.sleep(1.0)  # a keepalive every ttl/3: about 3 in this second
+            lease._stop.set()
+            tried = RefusingProxy.keepalives
+            lease._thread.join(5)
+        print(f"{tried} keepalives refused in 1 s")
+        assert 1 <= tried <= 6 and not lease.alive
+    finally:
+        server.shutdown()
+        server.server_close()
