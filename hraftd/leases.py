@@ -126,12 +126,14 @@ class LeaseKeeper:
     def _tick(self) -> None:
         store = self._store
         term = store.leading_term()
-        now = time.monotonic()
         with self._lock:
             self._follow(term)
         if term is None:
             return
         lease_term, ids = store._local(lambda state: (state.lease_term, state.leases()))
+        # After the read: a lease seen first now was granted (and its grant sent) before it, so now + ttl is no
+        # earlier than the client's sent + ttl.
+        now = time.monotonic()
         proposals: list[dict[str, Any]] = []
         with self._lock:
             if self._term != term:

@@ -18,6 +18,8 @@ from nodes import Node, wait_for
 
 from hraftd.client import Client
 from hraftd.errors import LeaseNotFoundError
+from hraftd.leases import LeaseKeeper
+from hraftd.state import KVState
 
 TTL = 2.0
 
@@ -238,3 +240,34 @@ def test_a_paused_leader_that_wakes_past_its_deadlines_ends_no_lease_its_success
         time.sleep(1.0)  # room for whatever it proposed from its old term to be applied
         changes = client.watch_once("kept/key", revision, 0)["events"]
         assert changes == [] and client.get("kept/key") == 1 and kept.alive, changes
+
+
+class GrantingStore:
+    """The store a LeaseKeeper reads, on a real KVState, leading term 1: a lease is granted (its grant sent)
+    just before the keeper's first read of the leases, as when a grant applies while a tick begins."""
+
+    def __init__(self) -> None:
+        self.state = KVState()
+        self.state.apply({"op": "lease_epoch", "term": 1}, 0.0)
+        self.sent: float | None = None
+
+    def leading_term(self) -> int:
+        return 1
+
+    def _local(self, read):
+        if self.sent is None:
+            self.sent = time.monotonic()
+            time.sleep(0.01)  # the grant travels to the leader and applies
+            self.state.apply({"op": "lease_grant", "ttl": 5}, 0.0)
+        return read(self.state)
+
+    def submit(self, command, done) -> None:
+        pass
+
+
+def test_the_leader_gives_a_lease_it_sees_first_no_earlier_deadline_than_sent_plus_ttl():
+    store = GrantingStore()
+    keeper = LeaseKeeper(store)
+    keeper.close()  # its own thread stops; the ticks below are this test's
+    keeper._tick()
+    assert store.sent is not None and keeper._deadlines[1] >= store.sent + 5
