@@ -172,11 +172,14 @@ class LeaseOperations:
     lease info are answered by the leader (``NotLeaderError`` elsewhere, with the leader's HTTP address)."""
 
     _lease_keeper: LeaseKeeper
+    max_leases: int
 
     def lease_grant(self: Any, ttl: float, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """A new lease of ``ttl`` seconds (1 to 86,400): ``{"id", "ttl"}``. It lives as long as keepalives come
-        at least every ``ttl`` seconds, then the leader expires it and deletes its keys in one entry."""
-        command: dict[str, Any] = {"op": "lease_grant", "ttl": _checked(check_lease_ttl, ttl)}
+        at least every ``ttl`` seconds, then the leader expires it and deletes its keys in one entry.
+        ``TooManyLeasesError`` while ``max_leases`` leases are live."""
+        command: dict[str, Any] = {"op": "lease_grant", "ttl": _checked(check_lease_ttl, ttl),
+                                   "max_leases": self.max_leases}
         if idempotency_key is not None:
             command["idempotency_key"] = idempotency_key
         return dict(self.execute(command))

@@ -41,6 +41,11 @@ class LeaseCommands:
         ttl = command.get("ttl")
         if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
             raise BadCommand(f"ttl must be a positive number of seconds, not {short(ttl)}")
+        # The proposer's cap, decided here so that every node refuses the same grants: the leader's keeper
+        # looks at every live lease, and what it costs grows with their number.
+        max_leases = optional_int(command, "max_leases", minimum=1)
+        if max_leases is not None and len(self._leases) >= max_leases:
+            return {"error": "too_many_leases", "max_leases": max_leases}, []
         lease_id = self._next_lease_id
         self._next_lease_id += 1
         self._leases[lease_id] = LeaseRecord(ttl, set())

@@ -16,7 +16,7 @@ import pytest
 import requests
 from nodes import Node, wait_for
 
-from hraftd.client import Client
+from hraftd.client import Client, ClientError
 from hraftd.errors import LeaseNotFoundError
 from hraftd.leases import LeaseKeeper
 from hraftd.state import KVState
@@ -271,3 +271,17 @@ def test_the_leader_gives_a_lease_it_sees_first_no_earlier_deadline_than_sent_pl
     keeper.close()  # its own thread stops; the ticks below are this test's
     keeper._tick()
     assert store.sent is not None and keeper._deadlines[1] >= store.sent + 5
+
+
+def test_a_node_with_max_leases_3_refuses_a_fourth_live_lease_until_one_ends(cluster):
+    node = cluster.node("capped").start(None, "-max-leases", "3", "-no-fsync").wait_ready()
+    leases = [grant(node, 60) for _ in range(3)]
+    refused = requests.post(f"{node.url}/lease", json={"ttl": 60}, timeout=10)
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_leases", refused.text
+    assert "-max-leases" in refused.json()["error"]
+    assert requests.delete(f"{node.url}/lease/{leases[0]}", timeout=10).status_code == 200
+    assert grant(node, 60) > leases[-1]
+    with Client(node.http_addr, timeout=2.0) as client:
+        with pytest.raises(ClientError) as again:
+            client.lease_grant(60)
+        assert again.value.status == 429 and again.value.code == "too_many_leases"
