@@ -92,6 +92,11 @@ class LeaseCommands:
         lease = self._leases.get(lease_id)
         return None if lease is None else lease.ttl
 
+    def lease_mark(self) -> tuple[int, int]:
+        """(the next lease id, the number of live leases): changes whenever the set of live leases does, as ids
+        are never granted twice; O(1)."""
+        return self._next_lease_id, len(self._leases)
+
     def leases(self) -> list[int]:
         """The ids of the live leases, in ascending order."""
         return list(self._leases)  # granted in ascending order and never granted again

@@ -250,6 +250,7 @@ class GrantingStore:
         self.state = KVState()
         self.state.apply({"op": "lease_epoch", "term": 1}, 0.0)
         self.sent: float | None = None
+        self.submitted: list[dict] = []
 
     def leading_term(self) -> int:
         return 1
@@ -262,7 +263,7 @@ class GrantingStore:
         return read(self.state)
 
     def submit(self, command, done) -> None:
-        pass
+        self.submitted.append(command)
 
 
 def test_the_leader_gives_a_lease_it_sees_first_no_earlier_deadline_than_sent_plus_ttl():
@@ -285,3 +286,24 @@ def test_a_node_with_max_leases_3_refuses_a_fourth_live_lease_until_one_ends(clu
         with pytest.raises(ClientError) as again:
             client.lease_grant(60)
         assert again.value.status == 429 and again.value.code == "too_many_leases"
+
+
+def test_the_keeper_expires_a_lease_seen_between_ticks_and_never_one_that_has_ended():
+    """Its ticks skip the scan of every lease while none can be due; a lease granted, or one put back by a
+    keepalive that raced its revoke, must still be looked at."""
+    store = GrantingStore()
+    keeper = LeaseKeeper(store)
+    keeper.close()
+    keeper._tick()  # lease 1 is granted as it reads, due at sent + 5
+    store.state.apply({"op": "lease_grant", "ttl": 1}, 0.0)
+    keeper._tick()
+    assert set(keeper._deadlines) == {1, 2} and not store.submitted
+    wait_for(lambda: keeper._tick() or store.submitted, 3, "lease 2 to be due, before lease 1")
+    assert store.submitted == [{"op": "lease_expire", "id": 2, "term": 1}]
+    for command in (store.submitted.pop(), {"op": "lease_revoke", "id": 1}):
+        store.state.apply(command, 0.0)
+    keeper._tick()
+    with keeper._lock:  # as a keepalive that read lease 1 just before its revoke applied
+        keeper._deadlines[1] = keeper._next_due = time.monotonic()
+    keeper._tick()
+    assert not store.submitted and not keeper._deadlines
