@@ -112,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
     option("watch-window", type=count, default=10_000, metavar="N",
            help="recent changes each node keeps for watches; a watch from an older revision is answered 410 "
            "compacted (default 10000)")
+    option("max-leases", type=count, default=10_000, metavar="N",
+           help="live leases the cluster grants through this node; a grant beyond them is answered 429 "
+           "too_many_leases (default 10000)")
     option("restore", type=Path, metavar="FILE",
            help="start a new one-node cluster in an empty DATA_DIR from a backup taken with GET /backup; "
            "ignored once DATA_DIR holds the restored node, so it may stay in a service's command")
@@ -135,7 +138,7 @@ def parse_args(argv: list[str] | None = None) -> NodeSettings:
             auth_token=read_secret(args.auth_token_file) or os.environ.get("HRAFTD_AUTH_TOKEN") or None,
             tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca, restore=args.restore,
             replace=args.replace, compact_log_bytes=args.compact_log_bytes, watch_window=args.watch_window,
-            log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
+            max_leases=args.max_leases, log_level=args.log_level, log_json=args.log_json, access_log=args.access_log,
         )
     except (ValueError, OSError) as error:
         parser.error(str(error))

@@ -48,6 +48,12 @@ class LeaseNotFoundError(HraftdError):
     code = "lease_not_found"
 
 
+class TooManyLeasesError(HraftdError):
+    """As many leases are live as the cluster allows (``-max-leases``): no lease was granted."""
+
+    code = "too_many_leases"
+
+
 class UnknownMemberError(HraftdError):
     """No member has that id."""
 

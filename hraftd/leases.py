@@ -61,6 +61,10 @@ class LeaseKeeper:
         self._epoch_proposed = -math.inf
         self._deadlines: dict[int, float] = {}
         self._expiring: dict[int, float] = {}  # lease id -> when its expiry was proposed
+        # So that an idle tick costs O(1), not O(live leases): the state's lease mark as last reconciled with,
+        # and a time before which no lease can be due.
+        self._mark: tuple[int, int] | None = None
+        self._next_due = -math.inf
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hraftd-leases", daemon=True)
         self._thread.start()
@@ -104,6 +108,7 @@ class LeaseKeeper:
                 raise _not_found(lease_id)
             deadline = now + ttl if renew else self._deadlines.setdefault(lease_id, now + ttl)
             self._deadlines[lease_id] = deadline
+            self._next_due = min(self._next_due, deadline)
         return ttl, deadline, keys
 
     def _follow(self, term: int | None) -> None:
@@ -113,6 +118,8 @@ class LeaseKeeper:
             self._epoch_proposed = -math.inf
             self._deadlines.clear()
             self._expiring.clear()
+            self._mark = None
+            self._next_due = -math.inf
 
     def _run(self) -> None:
         while not self._stopped.wait(_TICK):
@@ -126,12 +133,20 @@ class LeaseKeeper:
     def _tick(self) -> None:
         store = self._store
         term = store.leading_term()
-        now = time.monotonic()
         with self._lock:
             self._follow(term)
         if term is None:
             return
-        lease_term, ids = store._local(lambda state: (state.lease_term, state.leases()))
+        known = self._mark
+
+        def read(state: KVState) -> tuple[int, tuple[int, int], list[int] | None]:
+            mark = state.lease_mark()
+            return state.lease_term, mark, None if mark == known else state.leases()
+
+        lease_term, mark, ids = store._local(read)
+        # After the read: a lease seen first now was granted (and its grant sent) before it, so now + ttl is no
+        # earlier than the client's sent + ttl.
+        now = time.monotonic()
         proposals: list[dict[str, Any]] = []
         with self._lock:
             if self._term != term:
@@ -141,12 +156,34 @@ class LeaseKeeper:
                     self._epoch_proposed = now
                     proposals.append({"op": "lease_epoch", "term": term})
             else:
-                proposals = self._due(ids, term, now)
+                proposals = self._due(mark, ids, term, now)
         for command in proposals:
             store.submit(command, lambda result, error: None)  # not applied: proposed again after _RETRY
 
-    def _due(self, ids: list[int], term: int, now: float) -> list[dict[str, Any]]:
-        """Under the lock: the expiries to propose now; leases seen for the first time get their full ttl."""
+    def _due(self, mark: tuple[int, int], ids: list[int] | None, term: int, now: float) -> list[dict[str, Any]]:
+        """Under the lock: the expiries to propose now; leases seen for the first time get their full ttl.
+        ``ids``: the live leases, None when the state's lease mark is the one last reconciled with."""
+        if ids is not None and mark != self._mark:
+            self._reconcile(ids, now)
+            self._mark = mark
+        if now < self._next_due:
+            return []
+        due = [lease_id for lease_id, deadline in self._deadlines.items()
+               if deadline <= now and now - self._expiring.get(lease_id, -math.inf) > _RETRY]
+        if due:  # a keepalive may have put back a lease ended since the last reconcile: forget, never expire it
+            live = self._store._local(lambda state: [i for i in due if state.lease_ttl(i) is not None])
+            for lease_id in set(due) - set(live):
+                del self._deadlines[lease_id]
+                self._expiring.pop(lease_id, None)
+            due = live
+        for lease_id in due:
+            self._expiring[lease_id] = now
+        self._next_due = min((max(deadline, self._expiring.get(lease_id, -math.inf) + _RETRY)
+                              for lease_id, deadline in self._deadlines.items()), default=math.inf)
+        return [{"op": "lease_expire", "id": lease_id, "term": term} for lease_id in due]
+
+    def _reconcile(self, ids: list[int], now: float) -> None:
+        """Under the lock: forget the leases that ended; give the ones seen for the first time their full ttl."""
         live = set(ids)
         for gone in self._deadlines.keys() - live:
             del self._deadlines[gone]
@@ -158,11 +195,7 @@ class LeaseKeeper:
             for lease_id, ttl in ttls.items():
                 if ttl is not None:
                     self._deadlines[lease_id] = now + ttl
-        due = [lease_id for lease_id, deadline in self._deadlines.items()
-               if deadline <= now and now - self._expiring.get(lease_id, -math.inf) > _RETRY]
-        for lease_id in due:
-            self._expiring[lease_id] = now
-        return [{"op": "lease_expire", "id": lease_id, "term": term} for lease_id in due]
+                    self._next_due = min(self._next_due, now + ttl)
 
 
 class LeaseOperations:
@@ -170,11 +203,14 @@ class LeaseOperations:
     lease info are answered by the leader (``NotLeaderError`` elsewhere, with the leader's HTTP address)."""
 
     _lease_keeper: LeaseKeeper
+    max_leases: int
 
     def lease_grant(self: Any, ttl: float, *, idempotency_key: str | None = None) -> dict[str, Any]:
         """A new lease of ``ttl`` seconds (1 to 86,400): ``{"id", "ttl"}``. It lives as long as keepalives come
-        at least every ``ttl`` seconds, then the leader expires it and deletes its keys in one entry."""
-        command: dict[str, Any] = {"op": "lease_grant", "ttl": _checked(check_lease_ttl, ttl)}
+        at least every ``ttl`` seconds, then the leader expires it and deletes its keys in one entry.
+        ``TooManyLeasesError`` while ``max_leases`` leases are live."""
+        command: dict[str, Any] = {"op": "lease_grant", "ttl": _checked(check_lease_ttl, ttl),
+                                   "max_leases": self.max_leases}
         if idempotency_key is not None:
             command["idempotency_key"] = idempotency_key
         return dict(self.execute(command))

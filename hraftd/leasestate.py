@@ -41,6 +41,11 @@ class LeaseCommands:
         ttl = command.get("ttl")
         if type(ttl) not in (int, float) or not 0 < ttl < math.inf:
             raise BadCommand(f"ttl must be a positive number of seconds, not {short(ttl)}")
+        # The proposer's cap, decided here so that every node refuses the same grants: the leader's keeper
+        # looks at every live lease, and what it costs grows with their number.
+        max_leases = optional_int(command, "max_leases", minimum=1)
+        if max_leases is not None and len(self._leases) >= max_leases:
+            return {"error": "too_many_leases", "max_leases": max_leases}, []
         lease_id = self._next_lease_id
         self._next_lease_id += 1
         self._leases[lease_id] = LeaseRecord(ttl, set())
@@ -86,6 +91,11 @@ class LeaseCommands:
         """The granted ttl of a live lease, None if there is none; O(1)."""
         lease = self._leases.get(lease_id)
         return None if lease is None else lease.ttl
+
+    def lease_mark(self) -> tuple[int, int]:
+        """(the next lease id, the number of live leases): changes whenever the set of live leases does, as ids
+        are never granted twice; O(1)."""
+        return self._next_lease_id, len(self._leases)
 
     def leases(self) -> list[int]:
         """The ids of the live leases, in ascending order."""

@@ -13,6 +13,7 @@ from hraftd.errors import (
     OutcomeUnknownError,
     PreconditionFailedError,
     StorageFailedError,
+    TooManyLeasesError,
     UnavailableError,
 )
 from hraftd.raft import NotApplied, OutcomeUnknown, StorageError, StorageFull
@@ -44,6 +45,9 @@ def refusal(result: Any) -> HraftdError | None:
     if result["error"] == "lease_not_found":
         return LeaseNotFoundError(f"lease {result['lease']} does not exist (never granted, revoked or expired); "
                                   "nothing was written")
+    if result["error"] == "too_many_leases":
+        return TooManyLeasesError(f"{result['max_leases']} leases are live, as many as this cluster allows "
+                                  "(-max-leases); revoke one, or let one expire; no lease was granted")
     return HraftdError(f"{result['error']}: {result.get('message', '')}".rstrip(": "))
 
 

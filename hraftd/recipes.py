@@ -84,7 +84,10 @@ class Lease:
                 if getattr(error, "code", None) == "lease_not_found":
                     self._ended = True
                     return
-                pause = 0.0  # the attempt spent its time failing over: try again at once
+                # The next try an interval after this one began: at once after an attempt that spent its time
+                # failing over (unavailable, outcome unknown), not in a tight loop on a refusal answered at once
+                # (401, 403, a proxy's 502), which may pass before a ttl is over.
+                pause = max(sent + interval - time.monotonic(), 0.0)
                 continue
             with self._lock:
                 self._valid_until = max(self._valid_until, sent + self.ttl)
@@ -116,30 +119,46 @@ class _Claim:
         """Create the key if it is absent (compare-and-set on version 0), else wait until it is deleted and try
         again. Returns the fencing token; ``TimeoutError`` after ``timeout`` seconds."""
         give_up = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.lease is None or not self.lease.alive:
-                if self.lease is not None:
-                    self.lease.revoke()
-                self.lease = Lease(self._client, self.ttl).grant()
-            try:
-                answer = self._client.txn(
-                    compare=[{"key": self.key, "target": "version", "op": "=", "value": 0}],
-                    success=[{"set": {self.key: value}, "lease": self.lease.id}],
-                    failure=[{"get": self.key}])
-            except HraftdError as error:
-                if getattr(error, "code", None) == "lease_not_found":  # our lease ended while we waited
-                    self.lease.revoke()
-                    self.lease = None
-                    continue
+        try:
+            while True:
+                if self.lease is None or not self.lease.alive:
+                    self._drop_lease()
+                    self.lease = Lease(self._client, self.ttl).grant()
+                try:
+                    answer = self._client.txn(
+                        compare=[{"key": self.key, "target": "version", "op": "=", "value": 0}],
+                        success=[{"set": {self.key: value}, "lease": self.lease.id}],
+                        failure=[{"get": self.key}])
+                except HraftdError as error:
+                    if getattr(error, "code", None) == "lease_not_found":  # our lease ended while we waited
+                        self._drop_lease()
+                        continue
+                    raise
+                if answer["succeeded"]:
+                    self.token = answer["revision"]
+                    return self.token
+                holder = answer["results"][0]
+                if holder.get("lease") == self.lease.id:  # an earlier attempt of ours, its answer lost, created it
+                    self.token = holder["create_revision"]
+                    return self.token
+                self._wait_for_change(answer["revision"], give_up)
+        except BaseException:
+            # The claiming txn may have created the key under our lease although we could not learn it: revoking
+            # the lease deletes that key, else it would stay held as long as this process keeps the lease alive.
+            self._drop_lease(best_effort=True)
+            raise
+
+    def _drop_lease(self, best_effort: bool = False) -> None:
+        """Revoke our lease (deleting any key under it) and stop its keepalives. ``best_effort``: a revoke
+        that fails is left to the leader's expiry, a ttl after the last keepalive."""
+        lease, self.lease = self.lease, None
+        if lease is None:
+            return
+        try:
+            lease.revoke()
+        except HraftdError:
+            if not best_effort:
                 raise
-            if answer["succeeded"]:
-                self.token = answer["revision"]
-                return self.token
-            holder = answer["results"][0]
-            if holder.get("lease") == self.lease.id:  # an earlier attempt of ours, its answer lost, created it
-                self.token = holder["create_revision"]
-                return self.token
-            self._wait_for_change(answer["revision"], give_up)
 
     def _wait_for_change(self, revision: int, give_up: float | None) -> None:
         """Until the key held at ``revision`` is deleted (or expires) after it: long polls of a watch on it."""

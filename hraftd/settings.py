@@ -172,6 +172,7 @@ class NodeSettings:
     replace: bool = False  # join in place of a member with this id (or raft address) that is gone for good
     compact_log_bytes: int = 64 << 20  # snapshot once the log holds this many bytes
     watch_window: int = 10_000  # recent events kept for watches
+    max_leases: int = 10_000  # live leases; a grant beyond them is refused
     log_level: str = "info"
     log_json: bool = False
     access_log: bool = False
@@ -251,6 +252,7 @@ class NodeSettings:
             max_pending=variable("HRAFTD_MAX_PENDING", positive_int, 64),
             compact_log_bytes=variable("HRAFTD_COMPACT_LOG_BYTES", positive_int, 64 << 20),
             watch_window=variable("HRAFTD_WATCH_WINDOW", positive_int, 10_000),
+            max_leases=variable("HRAFTD_MAX_LEASES", positive_int, 10_000),
             limits=Limits(**{name: variable(f"HRAFTD_{name.upper()}", limit(name)) for name in LIMIT_NAMES
                              if environ.get(f"HRAFTD_{name.upper()}")}),
         )

@@ -67,7 +67,8 @@ def open_store(settings: NodeSettings, peer_tls: ssl.SSLContext | None = None) -
     store = ReplicatedKV(settings.raft_addr, peers, data_dir=settings.data_dir, node_id=settings.node_id,
                          http_addr=settings.http_adv, timeout=settings.timeout, fsync=settings.fsync,
                          secret=secret, insecure=settings.raft_insecure, cluster_id=cluster_id,
-                         compact_log_bytes=settings.compact_log_bytes, watch_window=settings.watch_window)
+                         compact_log_bytes=settings.compact_log_bytes, watch_window=settings.watch_window,
+                         max_leases=settings.max_leases)
     if join:
         proof = join_proof(secret, settings.node_id, settings.raft_addr) if secret else None
         try:

@@ -385,8 +385,8 @@ _HANDLERS: dict[str, _Handler] = {
 _OWN_FIELDS = {
     "put": ("items", "lease", "if_revision"), "delete": ("key", "if_revision"), "delete_prefix": ("prefix",),
     "txn": ("compare", "success", "failure"), "barrier": (), "set_member": ("id", "raft_addr", "http_addr"),
-    "forget_member": ("id",), "lease_grant": ("ttl",), "lease_revoke": ("id",), "lease_expire": ("id", "term"),
-    "lease_epoch": ("term",),
+    "forget_member": ("id",), "lease_grant": ("ttl", "max_leases"), "lease_revoke": ("id",),
+    "lease_expire": ("id", "term"), "lease_epoch": ("term",),
 }
 # A barrier takes no idempotency key: a repeated barrier must confirm the current revision, not an old one.
 _FIELDS = {op: frozenset(("op", *fields, *(() if op == "barrier" else ("idempotency_key",))))

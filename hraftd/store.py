@@ -71,6 +71,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         cluster_id: str | None = None,
         compact_log_bytes: int = 64 << 20,
         watch_window: int = 10_000,
+        max_leases: int = 10_000,
     ) -> None:
         self_addr = parse_address(self_addr, listen=True, raft=True)
         peers = [parse_address(peer, raft=True) for peer in peers]
@@ -78,6 +79,7 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         self.node_id = node_id or self_addr
         self.http_addr = http_addr
         self.timeout = timeout
+        self.max_leases = max_leases  # live leases the cluster grants while this node proposes the grant
         self._data_dir = Path(data_dir).expanduser()
         self._peers = sorted(set(peers) - {self_addr})
         if cluster_id is None:

@@ -3,6 +3,7 @@ leader is killed twice), the election, and python.md's service discovery recipe.
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import json
 import os
@@ -14,11 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from nodes import Cluster, Node, wait_for
 from test_leases import leader_of
 from test_recipes import recipe, run
 
 from hraftd.client import Client, ClientError
+from hraftd.errors import OutcomeUnknownError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,3 +182,99 @@ def test_a_lock_takes_a_key_its_own_lost_attempt_created_and_replaces_a_lease_th
         assert stale.acquire(timeout=2) == client.item("locks/stale")["create_revision"]
         assert stale.held and stale.lease is not None and stale.lease.id != ended
         stale.release()
+
+
+class GrantSpy:
+    """Lets a Client's calls through, noting the leases it grants; ``txn_then_raise``: every txn is applied
+    and then answered with ``OutcomeUnknownError``, as when the answer of a committed txn is lost."""
+
+    def __init__(self, client: Client, txn_then_raise: bool = False) -> None:
+        self.granted: list[int] = []
+        grant, txn = client.lease_grant, client.txn
+
+        def spied_grant(*args, **kwargs):
+            answer = grant(*args, **kwargs)
+            self.granted.append(answer["id"])
+            return answer
+
+        def lost_txn(*args, **kwargs):
+            txn(*args, **kwargs)
+            raise OutcomeUnknownError("the answer was lost")
+
+        client.lease_grant = spied_grant  # type: ignore[method-assign]
+        if txn_then_raise:
+            client.txn = lost_txn  # type: ignore[method-assign]
+
+
+def assert_leases_gone(node: Node, lease_ids: list[int]) -> None:
+    assert lease_ids
+    for lease_id in lease_ids:
+        answer = requests.get(f"{node.url}/lease/{lease_id}", timeout=10)
+        assert answer.status_code == 404 and answer.json()["code"] == "lease_not_found", answer.text
+    threads = {thread.name for thread in threading.enumerate()}
+    assert not threads & {f"hraftd-lease-{lease_id}" for lease_id in lease_ids}, threads
+
+
+def test_a_failed_acquire_or_campaign_leaves_no_lease_nor_keepalive_thread_behind(nodes):
+    addresses = [node.http_addr for node in nodes]
+    with Client(addresses, timeout=2.0) as holder_client, Client(addresses, timeout=2.0) as client:
+        holder = holder_client.lock("busy", ttl=5)
+        holder.acquire(timeout=5)
+        spy = GrantSpy(client)
+        with pytest.raises(TimeoutError):
+            client.lock("busy", ttl=5).acquire(timeout=0.3)
+        incumbent = holder_client.election("office", ttl=5)
+        incumbent.campaign("first", timeout=5)
+        with pytest.raises(TimeoutError):
+            client.election("office", ttl=5).campaign("second", timeout=0.3)
+        assert_leases_gone(nodes[0], spy.granted)
+        holder.release()
+        incumbent.resign()
+
+
+def test_an_acquire_whose_claim_has_an_unknown_outcome_does_not_leave_the_lock_held(nodes):
+    with Client([node.http_addr for node in nodes], timeout=2.0) as client:
+        spy = GrantSpy(client, txn_then_raise=True)
+        with pytest.raises(OutcomeUnknownError):
+            client.lock("unknown", ttl=5).acquire(timeout=2)
+        assert client.get("locks/unknown") is None, "the claim applied, and its lease was left alive"
+        assert_leases_gone(nodes[0], spy.granted)
+
+
+class RefusingProxy(http.server.BaseHTTPRequestHandler):
+    """Grants any lease and answers every keepalive with a load balancer's 502 (an HTML page), counting them."""
+
+    keepalives = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/lease":
+            status, kind, body = 200, "application/json", json.dumps({"id": 1, "ttl": 1}).encode()
+        else:
+            type(self).keepalives += 1
+            status, kind, body = 502, "text/html", b"<html>502 Bad Gateway</html>"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_lease_whose_keepalives_are_refused_at_once_tries_again_an_interval_later_not_in_a_tight_loop():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RefusingProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with Client(f"127.0.0.1:{server.server_address[1]}", timeout=2.0) as client:
+            lease = client.lease(1).grant()
+            time.sleep(1.0)  # a keepalive every ttl/3: about 3 in this second
+            lease._stop.set()
+            tried = RefusingProxy.keepalives
+            lease._thread.join(5)
+        print(f"{tried} keepalives refused in 1 s")
+        assert 1 <= tried <= 6 and not lease.alive
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -16,8 +16,10 @@ import pytest
 import requests
 from nodes import Node, wait_for
 
-from hraftd.client import Client
+from hraftd.client import Client, ClientError
 from hraftd.errors import LeaseNotFoundError
+from hraftd.leases import LeaseKeeper
+from hraftd.state import KVState
 
 TTL = 2.0
 
@@ -238,3 +240,70 @@ def test_a_paused_leader_that_wakes_past_its_deadlines_ends_no_lease_its_success
         time.sleep(1.0)  # room for whatever it proposed from its old term to be applied
         changes = client.watch_once("kept/key", revision, 0)["events"]
         assert changes == [] and client.get("kept/key") == 1 and kept.alive, changes
+
+
+class GrantingStore:
+    """The store a LeaseKeeper reads, on a real KVState, leading term 1: a lease is granted (its grant sent)
+    just before the keeper's first read of the leases, as when a grant applies while a tick begins."""
+
+    def __init__(self) -> None:
+        self.state = KVState()
+        self.state.apply({"op": "lease_epoch", "term": 1}, 0.0)
+        self.sent: float | None = None
+        self.submitted: list[dict] = []
+
+    def leading_term(self) -> int:
+        return 1
+
+    def _local(self, read):
+        if self.sent is None:
+            self.sent = time.monotonic()
+            time.sleep(0.01)  # the grant travels to the leader and applies
+            self.state.apply({"op": "lease_grant", "ttl": 5}, 0.0)
+        return read(self.state)
+
+    def submit(self, command, done) -> None:
+        self.submitted.append(command)
+
+
+def test_the_leader_gives_a_lease_it_sees_first_no_earlier_deadline_than_sent_plus_ttl():
+    store = GrantingStore()
+    keeper = LeaseKeeper(store)
+    keeper.close()  # its own thread stops; the ticks below are this test's
+    keeper._tick()
+    assert store.sent is not None and keeper._deadlines[1] >= store.sent + 5
+
+
+def test_a_node_with_max_leases_3_refuses_a_fourth_live_lease_until_one_ends(cluster):
+    node = cluster.node("capped").start(None, "-max-leases", "3", "-no-fsync").wait_ready()
+    leases = [grant(node, 60) for _ in range(3)]
+    refused = requests.post(f"{node.url}/lease", json={"ttl": 60}, timeout=10)
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_leases", refused.text
+    assert "-max-leases" in refused.json()["error"]
+    assert requests.delete(f"{node.url}/lease/{leases[0]}", timeout=10).status_code == 200
+    assert grant(node, 60) > leases[-1]
+    with Client(node.http_addr, timeout=2.0) as client:
+        with pytest.raises(ClientError) as again:
+            client.lease_grant(60)
+        assert again.value.status == 429 and again.value.code == "too_many_leases"
+
+
+def test_the_keeper_expires_a_lease_seen_between_ticks_and_never_one_that_has_ended():
+    """Its ticks skip the scan of every lease while none can be due; a lease granted, or one put back by a
+    keepalive that raced its revoke, must still be looked at."""
+    store = GrantingStore()
+    keeper = LeaseKeeper(store)
+    keeper.close()
+    keeper._tick()  # lease 1 is granted as it reads, due at sent + 5
+    store.state.apply({"op": "lease_grant", "ttl": 1}, 0.0)
+    keeper._tick()
+    assert set(keeper._deadlines) == {1, 2} and not store.submitted
+    wait_for(lambda: keeper._tick() or store.submitted, 3, "lease 2 to be due, before lease 1")
+    assert store.submitted == [{"op": "lease_expire", "id": 2, "term": 1}]
+    for command in (store.submitted.pop(), {"op": "lease_revoke", "id": 1}):
+        store.state.apply(command, 0.0)
+    keeper._tick()
+    with keeper._lock:  # as a keepalive that read lease 1 just before its revoke applied
+        keeper._deadlines[1] = keeper._next_due = time.monotonic()
+    keeper._tick()
+    assert not store.submitted and not keeper._deadlines

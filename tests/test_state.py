@@ -273,6 +273,19 @@ def test_lease_ids_count_from_one_and_are_never_reused(kv):
     assert kv.lease(2) == {"id": 2, "ttl": 0.5, "keys": []} and kv.lease(3) is None
 
 
+def test_a_grant_beyond_its_max_leases_is_refused_and_changes_nothing(kv):
+    assert [run(kv, "lease_grant", ttl=5, max_leases=2)["id"] for _ in range(2)] == [1, 2]
+    before = kv.revision
+    assert run(kv, "lease_grant", ttl=5, max_leases=2) == {"error": "too_many_leases", "max_leases": 2}
+    assert kv.leases() == [1, 2] and kv.revision == before
+    assert run(kv, "lease_grant", ttl=5, max_leases=3)["id"] == 3  # the cap is the proposer's, in the entry
+    run(kv, "lease_revoke", id=1)
+    assert run(kv, "lease_grant", ttl=5, max_leases=3)["id"] == 4
+    for bad in (0, -1, 1.5, "2", True):
+        assert run(kv, "lease_grant", ttl=5, max_leases=bad)["error"] == "bad_command", bad
+    assert kv.leases() == [2, 3, 4]
+
+
 def test_a_put_attaches_moves_and_detaches_keys(kv):
     first, second = run(kv, "lease_grant", ttl=5)["id"], run(kv, "lease_grant", ttl=5)["id"]
     assert put(kv, {"b": 1, "a": 1, "c": 1}, lease=first) == {"revision": 1}
