@@ -5,7 +5,9 @@ Every watcher reads the node's one window of recent events (``hraftd.eventwindow
 position and the events found for it but not yet sent. The applying thread does not touch watchers: after each
 entry it asks the loop, at most once per loop turn, to ``dispatch`` what was applied since the last turn, and
 the hub hands each event to the watchers of its key and of the prefixes above it. A watcher that has more
-events waiting than the window holds has fallen behind: it is told ``compacted`` and dropped. A stream whose
+events waiting than the window holds has fallen behind: it is told ``compacted`` and dropped. When the
+window starts again below what the hub handed out (the node reopened and applies its log again), every
+watcher reads again what it has not been answered. A stream whose
 client does not read is cut by the connection's write deadline (``-io-timeout``).
 """
 
@@ -70,6 +72,8 @@ class WatchHub:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self.revision = self._window.revision
+        elif self._window.revision < self.revision:
+            self._rewind()
         _, events = self._window.read(since, matcher(key, prefix), self.revision)
         watcher = Watcher(key, prefix, since, events)
         watcher.closed = self._stopped
@@ -132,6 +136,9 @@ class WatchHub:
         if not self.count:
             self.revision = self._window.revision
             return
+        if self._window.revision < self.revision:
+            self._rewind()
+            return
         try:
             covered, events = self._window.read(self.revision)
         except CompactedError as gap:  # more was applied in one turn than the window holds, or a snapshot came
@@ -153,6 +160,26 @@ class WatchHub:
                     self._deliver(watchers, event, capacity, fallen_behind)
         self.revision = covered
         for watcher in fallen_behind:  # after the loop over the indexes, which this changes
+            self.close(watcher)
+
+    def _rewind(self) -> None:
+        """The window started again below the revision handed out (the node applies its log again after it
+        reopened): each watcher reads again, from the window as it is now, what it has not been answered, and
+        the hub goes on from there; the log applied again tells the same events."""
+        revision = self._window.revision
+        dropped: list[Watcher] = []
+        for watcher in self._all():
+            if watcher.compacted is not None:
+                continue
+            try:
+                _, watcher.events = self._window.read(watcher.since, matcher(watcher.key, watcher.prefix), revision)
+            except CompactedError as gap:  # a snapshot after its revision was loaded
+                watcher.events, watcher.compacted = [], gap.oldest_revision
+                dropped.append(watcher)
+            if watcher.events or watcher.compacted is not None:
+                _wake(watcher)
+        self.revision = revision
+        for watcher in dropped:
             self.close(watcher)
 
     def _deliver(self, watchers: set[Watcher], event: Event, capacity: int, fallen_behind: list[Watcher]) -> None:

@@ -327,6 +327,53 @@ def test_the_hub_drops_a_watcher_that_falls_behind_and_serves_the_others_once():
     assert hub.count == 1
 
 
+def test_the_hub_skips_nothing_while_a_reopened_node_applies_its_log_again():
+    """The store resets the window to 0 when it reopens the node, and the log is applied again: watches
+    opened, answered and waiting meanwhile miss no event and get none twice (the hub with a real window, on a
+    real loop)."""
+    window = EventWindow(capacity=100)
+    hub = WatchHub(window)
+
+    def applied(revisions: range) -> None:
+        for revision in revisions:
+            window.add([{"type": "set", "key": f"k{revision}", "value": revision, "mod_revision": revision}],
+                       revision)
+
+    async def dispatched(revision: int) -> None:
+        deadline = time.monotonic() + 5
+        while hub.revision != revision:
+            assert time.monotonic() < deadline, f"the hub is at revision {hub.revision}, not {revision}"
+            await asyncio.sleep(0.001)
+
+    def revisions(watcher: Watcher) -> list[int]:
+        return [revision for revision, _ in hub.take(watcher, 1 << 20)[1]]
+
+    async def turns() -> None:
+        applied(range(1, 11))
+        answered = hub.open(0, None, "k")
+        pending = hub.open(7, None, "k")  # 8..10 found for it, not yet taken
+        await dispatched(10)
+        assert revisions(answered) == list(range(1, 11))
+        window.reset(0)  # the node reopens
+        applied(range(1, 6))  # and has applied its log again up to 5 when a long poll from 2 comes
+        late = hub.open(2, None, "k")
+        covered, taken = hub.take(late, 1 << 20)
+        assert covered == 5 and [revision for revision, _ in taken] == [3, 4, 5]
+        applied(range(6, 13))  # the log applied again, then new writes
+        await dispatched(12)
+        assert revisions(late) == list(range(6, 13))
+        assert revisions(answered) == [11, 12]
+        assert revisions(pending) == list(range(8, 13))
+        window.reset(0)  # reopens again; this time the hub sees the window behind it at a dispatch
+        applied(range(1, 9))
+        await dispatched(8)
+        applied(range(9, 15))
+        await dispatched(14)
+        assert revisions(answered) == [13, 14] and revisions(late) == [13, 14]
+
+    asyncio.run(turns())
+
+
 def test_the_async_client_watches(nodes):
     async def first_change(since: int) -> dict[str, Any]:
         async with AsyncClient([node.http_addr for node in nodes]) as kv:
