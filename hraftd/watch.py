@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from hraftd.errors import CompactedError
@@ -236,7 +236,8 @@ class WatchHandler:
             if head_only:
                 self.hub.close(watcher)
                 return Response(200, headers=headers)
-            return Response(200, headers=headers, stream=self._stream(watcher, wait))
+            return Response(200, headers=headers, stream=WatchStream(_server_sent_events(self.hub, watcher, wait),
+                                                                     self.hub, watcher))
         try:
             await self.hub.wait(watcher, 0 if head_only else wait)
             _raise_if_compacted(watcher)
@@ -246,23 +247,40 @@ class WatchHandler:
         events = ",".join(text for _, text in taken)
         return Response(200, f'{{"revision":{covered},"events":[{events}]}}\n'.encode())
 
-    async def _stream(self, watcher: Watcher, heartbeat: float) -> AsyncIterator[bytes]:
-        hub = self.hub
+
+class WatchStream:
+    """The body of a stream: its watcher is closed with it, even if the stream never started (its client went
+    away before the first byte)."""
+
+    def __init__(self, messages: AsyncGenerator[bytes, None], hub: WatchHub, watcher: Watcher) -> None:
+        self._messages, self._hub, self._watcher = messages, hub, watcher
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._messages.__anext__()
+
+    async def aclose(self) -> None:
         try:
-            yield f"retry: {RETRY_MS}\nid: {watcher.since}\nevent: start\ndata: {{\"revision\":{watcher.since}}}\n\n" \
-                .encode()
-            while not watcher.closed:
-                if watcher.compacted is not None:
-                    document = json.dumps({"error": "the watch fell behind the events this node keeps",
-                                           "code": "compacted", "oldest_revision": watcher.compacted})
-                    yield f"event: error\ndata: {document}\n\n".encode()
-                    return
-                if watcher.events:
-                    yield _messages(hub.take(watcher, STREAM_CHUNK_BYTES)[1])
-                elif not await hub.wait(watcher, heartbeat):
-                    yield b": heartbeat\n\n"
+            await self._messages.aclose()
         finally:
-            hub.close(watcher)
+            self._hub.close(self._watcher)
+
+
+async def _server_sent_events(hub: WatchHub, watcher: Watcher, heartbeat: float) -> AsyncGenerator[bytes, None]:
+    """The Server-Sent Events of one watcher, until it is compacted or closed."""
+    yield f"retry: {RETRY_MS}\nid: {watcher.since}\nevent: start\ndata: {{\"revision\":{watcher.since}}}\n\n".encode()
+    while not watcher.closed:
+        if watcher.compacted is not None:
+            document = json.dumps({"error": "the watch fell behind the events this node keeps",
+                                   "code": "compacted", "oldest_revision": watcher.compacted})
+            yield f"event: error\ndata: {document}\n\n".encode()
+            return
+        if watcher.events:
+            yield _messages(hub.take(watcher, STREAM_CHUNK_BYTES)[1])
+        elif not await hub.wait(watcher, heartbeat):
+            yield b": heartbeat\n\n"
 
 
 def _messages(taken: list[tuple[int, str]]) -> bytes:

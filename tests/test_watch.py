@@ -20,8 +20,9 @@ from hraftd.auth import TokenFile
 from hraftd.client import AsyncClient, Client, Compacted
 from hraftd.errors import CompactedError
 from hraftd.eventwindow import EventWindow
+from hraftd.request import Request
 from hraftd.store import ReplicatedKV
-from hraftd.watch import Watcher, WatchHub
+from hraftd.watch import Watcher, WatchHandler, WatchHub
 
 
 def watch(node: Node, **params: Any) -> requests.Response:
@@ -372,6 +373,23 @@ def test_the_hub_skips_nothing_while_a_reopened_node_applies_its_log_again():
         assert revisions(answered) == [13, 14] and revisions(late) == [13, 14]
 
     asyncio.run(turns())
+
+
+def test_a_stream_closed_before_its_first_byte_releases_its_watcher():
+    """The client went away before the node wrote anything: the server closes the stream it never started."""
+    handler = WatchHandler(EventWindow(), limits=None)
+
+    async def unused_sync(level: str) -> None:
+        raise AssertionError("a watch with since does not wait")
+
+    async def answered_then_closed() -> None:
+        request = Request("GET", "/watch", headers=[("accept", "text/event-stream")])
+        response = await handler.answer(request, {"since": "0"}, unused_sync)
+        assert handler.hub.count == 1 and response.stream is not None
+        await response.stream.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(answered_then_closed())
+    assert handler.hub.count == 0
 
 
 def test_the_async_client_watches(nodes):
