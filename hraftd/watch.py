@@ -27,6 +27,7 @@ from hraftd.request import Request, Response
 WATCH_ROUTE = "/watch"
 DEFAULT_WAIT = 60.0  # a long poll's wait, when not asked
 DEFAULT_HEARTBEAT = 15.0  # a stream's longest silence, when not asked
+MIN_HEARTBEAT = 1.0  # shorter, a stream would be mostly heartbeats
 MAX_WAIT = 300.0
 STREAM_CHUNK_BYTES = 256 * 1024  # events taken at a time for a stream (at least one revision's)
 RETRY_MS = 1000  # how soon an EventSource reconnects
@@ -227,6 +228,9 @@ class WatchHandler:
         if last_event_id:  # an EventSource reconnecting: resume after the last revision it received
             since = revision(last_event_id.strip(), "Last-Event-ID")
         wait = wait_seconds(parameters.get("timeout"), DEFAULT_HEARTBEAT if stream else DEFAULT_WAIT, MAX_WAIT)
+        if stream and wait < MIN_HEARTBEAT:
+            raise BadRequest(f"a stream's timeout (its heartbeat) must be from {MIN_HEARTBEAT:g} to {MAX_WAIT:g} "
+                             "seconds", "bad_parameter")
         if since is None:  # from now: at least every write acknowledged before this request
             await sync_reads("linearizable")
             since = self._window.revision

@@ -222,6 +222,14 @@ def test_bad_parameters_are_refused_with_400(nodes, query, code):
     assert response.json()["code"] == code
 
 
+@pytest.mark.parametrize("timeout", ["0", "0.5", "1e-300"])
+def test_a_stream_heartbeat_under_a_second_is_refused(nodes, timeout):
+    with requests.get(f"{nodes[0].url}/watch", params={"timeout": timeout, "since": 0}, timeout=10, stream=True,
+                      headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 400
+        assert response.json()["code"] == "bad_parameter"
+
+
 def test_a_bad_last_event_id_is_refused(nodes):
     response = requests.get(f"{nodes[0].url}/watch", timeout=10,
                             headers={"Accept": "text/event-stream", "Last-Event-ID": "x"})
@@ -236,7 +244,7 @@ def test_a_stream_sends_events_heartbeats_and_resumes_after_last_event_id(nodes)
     start = write(node, {"s/a": 1})
     second = write(node, {"s/b": 2})
     headers = {"Accept": "text/event-stream"}
-    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": start - 1, "timeout": 0.2},
+    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": start - 1, "timeout": 1},
                       headers=headers, stream=True, timeout=10) as response:
         assert response.headers["Content-Type"] == "text/event-stream"
         received = stream_events(response.iter_lines())

@@ -29,7 +29,7 @@ def sse_reader(urls: list[str], since: int, stop: threading.Event, seen: list[di
     while not stop.is_set():
         url = urls[turn % len(urls)]
         try:
-            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 0.5}, stream=True, timeout=(2, 3),
+            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 1}, stream=True, timeout=(2, 3),
                               headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)}) as response:
                 if response.status_code != 200:
                     raise requests.ConnectionError(response.text)
