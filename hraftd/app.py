@@ -133,10 +133,9 @@ class NodeApp:
         loop = asyncio.get_running_loop()
         environ = _environ(request)
         self._in_pool += 1
-        try:
-            status, headers, body, rest = await loop.run_in_executor(self._pool, self._run_wsgi, environ)
-        finally:
-            self._in_pool -= 1
+        done = loop.run_in_executor(self._pool, self._run_wsgi, environ)
+        done.add_done_callback(self._left_pool)  # when the thread is done, even if the request is cancelled
+        status, headers, body, rest = await asyncio.shield(done)
         length = None
         own_headers = []
         for name, value in headers:
@@ -149,6 +148,9 @@ class NodeApp:
         if rest is not None:
             response.stream = self._stream(body, rest)
         return response
+
+    def _left_pool(self, _: Any) -> None:
+        self._in_pool -= 1
 
     def _run_wsgi(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes, Iterator[bytes] | None]:
         """Call the Flask app; its answer whole, or its first part and the iterator of the rest."""

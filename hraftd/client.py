@@ -174,15 +174,16 @@ class Client(LeaseCalls):
         """The changes of ``key``, or of the keys under ``prefix`` (neither: every key), after revision ``since``
         (None: from now), as an endless iterator of ``{"type", "key", "value", "mod_revision"}``, waiting for
         each. It asks one node at a time, ``timeout`` seconds per request, fails over like every call, and
-        resumes after the last revision answered: no change is skipped or repeated. ``Compacted`` when the
-        node no longer keeps the changes after ``since``; ``Unavailable`` when no node answered for longer
-        than the deadline."""
+        resumes after the last revision answered: no change is skipped or repeated. A node that no longer
+        keeps the changes after ``since`` (410) sends it to the next node; ``Compacted`` once every node
+        has answered so; ``Unavailable`` when no node answered for longer than the deadline."""
         if key is not None and prefix is not None:
             raise ValueError("watch a key or a prefix, not both")
 
         def poll(after: int | None) -> dict[str, Any]:
             query = {"key": key, "prefix": prefix or None, "since": after, "timeout": f"{timeout:g}"}
-            return self._call("GET", "/watch" + _query(query), attempt_timeout=timeout + self.timeout)
+            return self._call("GET", "/watch" + _query(query), attempt_timeout=timeout + self.timeout,
+                              compacted_fails_over=True)
 
         return Watch(poll, since)
 
@@ -270,11 +271,13 @@ class Client(LeaseCalls):
         return self._call(method, path, body, idempotency_key or uuid.uuid4().hex)
 
     def _call(self, method: str, path: str, body: Any = None, idempotency_key: str | None = None, *,
-              changes: bool | None = None, attempt_timeout: float | None = None, deadline: float | None = None) -> Any:
+              changes: bool | None = None, attempt_timeout: float | None = None, deadline: float | None = None,
+              compacted_fails_over: bool = False) -> Any:
         """The answer of the first node that gives a definite one, trying until the deadline. ``changes``: the
         request may change the data (by default, any but a GET), so an attempt without an answer may have.
         ``attempt_timeout``, ``deadline``: instead of ``timeout`` and ``deadline`` (a request the node answers
-        late on purpose, a keepalive that must be quick)."""
+        late on purpose, a keepalive that must be quick). ``compacted_fails_over``: a 410 (a node that keeps
+        fewer events, or restarted from a snapshot) is asked of the other nodes, and raised once all said it."""
         changes = method != "GET" if changes is None else changes
         deadline = self.deadline if deadline is None else deadline
         started = time.monotonic()
@@ -286,6 +289,7 @@ class Client(LeaseCalls):
             headers["Idempotency-Key"] = idempotency_key
         maybe_applied = False
         failures_in_a_row = 0
+        compacted_on: set[int] = set()  # the endpoints (by id) that answered 410
         while True:
             endpoint = self._endpoint()
             try:
@@ -302,11 +306,17 @@ class Client(LeaseCalls):
                 if status < 300:
                     return answer
                 last = _error(status, answer_headers.get("Content-Type", ""), answer, endpoint)
-                if status not in (503, 504):
+                if isinstance(last, Compacted) and compacted_fails_over:
+                    compacted_on.add(id(endpoint))
+                    if len(compacted_on) == len(self._endpoints):
+                        raise last
+                elif status not in (503, 504):
                     raise last
                 maybe_applied |= status == 504 and changes
             failures_in_a_row += 1
-            self._fail_over(endpoint)
+            self._fail_over(endpoint, follow_leader=not isinstance(last, Compacted))
+            if isinstance(last, Compacted) and time.monotonic() - started >= deadline:
+                raise last
             if time.monotonic() - started >= deadline:
                 if maybe_applied:
                     raise OutcomeUnknown(last.status, "outcome_unknown", f"no definite answer within the "
@@ -329,11 +339,13 @@ class Client(LeaseCalls):
                 endpoint = self._endpoints[self._current]
         return endpoint
 
-    def _fail_over(self, endpoint: Endpoint) -> None:
+    def _fail_over(self, endpoint: Endpoint, follow_leader: bool = True) -> None:
+        """Move to the next node; then to the leader, unless ``follow_leader`` is false (the leader may be
+        the node that could not answer)."""
         with self._lock:
             if self._endpoints[self._current] is endpoint:  # not already moved on by another thread
                 self._current = (self._current + 1) % len(self._endpoints)
-                self._hint_wanted = len(self._endpoints) > 1
+                self._hint_wanted = follow_leader and len(self._endpoints) > 1
 
     def _follow_leader(self, endpoint: Endpoint) -> None:
         """Move to the node the one at hand names as leader, if it is one of ours (a hint: failures ignored)."""

@@ -10,7 +10,7 @@ What it guarantees, so that slow and hostile clients cost memory, not service:
   sends is read and thrown away (up to ``linger_bytes``, for ``io_timeout``) before the connection closes, so
   the client reads the answer instead of a reset;
 - answers go out in request order; while one is being made, or while the client does not read what was
-  written, the connection is not read any further.
+  written, the connection is not read any further; a request whose connection is lost is cancelled.
 Every answer, the server's own refusals included, is the app's: JSON, with the node's headers.
 """
 
@@ -156,6 +156,8 @@ class HttpConnection(asyncio.Protocol):
         self.server.refused.discard(self)
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
+        if self.task is not None and not self.task.done():  # no one to answer: release what the request holds
+            self.task.cancel()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -332,6 +334,8 @@ class HttpConnection(asyncio.Protocol):
         head_only = request is not None and request.method == "HEAD"
         transport = self.transport
         if self.reading == CLOSED or transport.is_closing():
+            if response.stream is not None:
+                await _close_stream(response)
             return
         if response.stream is None:
             length = len(response.body) if response.length is None else response.length
@@ -354,9 +358,7 @@ class HttpConnection(asyncio.Protocol):
                         self.drained = self.loop.create_future()
                         await self.drained
             finally:  # a stream left early (the client went away) releases what it holds now, not when collected
-                aclose = getattr(response.stream, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await _close_stream(response)
             if chunked and not head_only and self.reading != CLOSED:
                 transport.write(b"0\r\n\r\n")
         if self.server.access_log is not None and request is not None:
@@ -405,3 +407,9 @@ class HttpConnection(asyncio.Protocol):
                                     request.method, request.target, request.http_version, status, sent, referer,
                                     agent)
 
+
+
+async def _close_stream(response: Response) -> None:
+    aclose = getattr(response.stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -5,7 +5,9 @@ Every watcher reads the node's one window of recent events (``hraftd.eventwindow
 position and the events found for it but not yet sent. The applying thread does not touch watchers: after each
 entry it asks the loop, at most once per loop turn, to ``dispatch`` what was applied since the last turn, and
 the hub hands each event to the watchers of its key and of the prefixes above it. A watcher that has more
-events waiting than the window holds has fallen behind: it is told ``compacted`` and dropped. A stream whose
+events waiting than the window holds has fallen behind: it is told ``compacted`` and dropped. When the
+window starts again below what the hub handed out (the node reopened and applies its log again), every
+watcher reads again what it has not been answered. A stream whose
 client does not read is cut by the connection's write deadline (``-io-timeout``).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from hraftd.errors import CompactedError
@@ -25,6 +27,7 @@ from hraftd.request import Request, Response
 WATCH_ROUTE = "/watch"
 DEFAULT_WAIT = 60.0  # a long poll's wait, when not asked
 DEFAULT_HEARTBEAT = 15.0  # a stream's longest silence, when not asked
+MIN_HEARTBEAT = 1.0  # shorter, a stream would be mostly heartbeats
 MAX_WAIT = 300.0
 STREAM_CHUNK_BYTES = 256 * 1024  # events taken at a time for a stream (at least one revision's)
 RETRY_MS = 1000  # how soon an EventSource reconnects
@@ -70,6 +73,8 @@ class WatchHub:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self.revision = self._window.revision
+        elif self._window.revision < self.revision:
+            self._rewind()
         _, events = self._window.read(since, matcher(key, prefix), self.revision)
         watcher = Watcher(key, prefix, since, events)
         watcher.closed = self._stopped
@@ -132,6 +137,9 @@ class WatchHub:
         if not self.count:
             self.revision = self._window.revision
             return
+        if self._window.revision < self.revision:
+            self._rewind()
+            return
         try:
             covered, events = self._window.read(self.revision)
         except CompactedError as gap:  # more was applied in one turn than the window holds, or a snapshot came
@@ -153,6 +161,26 @@ class WatchHub:
                     self._deliver(watchers, event, capacity, fallen_behind)
         self.revision = covered
         for watcher in fallen_behind:  # after the loop over the indexes, which this changes
+            self.close(watcher)
+
+    def _rewind(self) -> None:
+        """The window started again below the revision handed out (the node applies its log again after it
+        reopened): each watcher reads again, from the window as it is now, what it has not been answered, and
+        the hub goes on from there; the log applied again tells the same events."""
+        revision = self._window.revision
+        dropped: list[Watcher] = []
+        for watcher in self._all():
+            if watcher.compacted is not None:
+                continue
+            try:
+                _, watcher.events = self._window.read(watcher.since, matcher(watcher.key, watcher.prefix), revision)
+            except CompactedError as gap:  # a snapshot after its revision was loaded
+                watcher.events, watcher.compacted = [], gap.oldest_revision
+                dropped.append(watcher)
+            if watcher.events or watcher.compacted is not None:
+                _wake(watcher)
+        self.revision = revision
+        for watcher in dropped:
             self.close(watcher)
 
     def _deliver(self, watchers: set[Watcher], event: Event, capacity: int, fallen_behind: list[Watcher]) -> None:
@@ -200,6 +228,9 @@ class WatchHandler:
         if last_event_id:  # an EventSource reconnecting: resume after the last revision it received
             since = revision(last_event_id.strip(), "Last-Event-ID")
         wait = wait_seconds(parameters.get("timeout"), DEFAULT_HEARTBEAT if stream else DEFAULT_WAIT, MAX_WAIT)
+        if stream and wait < MIN_HEARTBEAT:
+            raise BadRequest(f"a stream's timeout (its heartbeat) must be from {MIN_HEARTBEAT:g} to {MAX_WAIT:g} "
+                             "seconds", "bad_parameter")
         if since is None:  # from now: at least every write acknowledged before this request
             await sync_reads("linearizable")
             since = self._window.revision
@@ -209,7 +240,8 @@ class WatchHandler:
             if head_only:
                 self.hub.close(watcher)
                 return Response(200, headers=headers)
-            return Response(200, headers=headers, stream=self._stream(watcher, wait))
+            return Response(200, headers=headers, stream=WatchStream(_server_sent_events(self.hub, watcher, wait),
+                                                                     self.hub, watcher))
         try:
             await self.hub.wait(watcher, 0 if head_only else wait)
             _raise_if_compacted(watcher)
@@ -219,23 +251,40 @@ class WatchHandler:
         events = ",".join(text for _, text in taken)
         return Response(200, f'{{"revision":{covered},"events":[{events}]}}\n'.encode())
 
-    async def _stream(self, watcher: Watcher, heartbeat: float) -> AsyncIterator[bytes]:
-        hub = self.hub
+
+class WatchStream:
+    """The body of a stream: its watcher is closed with it, even if the stream never started (its client went
+    away before the first byte)."""
+
+    def __init__(self, messages: AsyncGenerator[bytes, None], hub: WatchHub, watcher: Watcher) -> None:
+        self._messages, self._hub, self._watcher = messages, hub, watcher
+
+    def __aiter__(self) -> WatchStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._messages.__anext__()
+
+    async def aclose(self) -> None:
         try:
-            yield f"retry: {RETRY_MS}\nid: {watcher.since}\nevent: start\ndata: {{\"revision\":{watcher.since}}}\n\n" \
-                .encode()
-            while not watcher.closed:
-                if watcher.compacted is not None:
-                    document = json.dumps({"error": "the watch fell behind the events this node keeps",
-                                           "code": "compacted", "oldest_revision": watcher.compacted})
-                    yield f"event: error\ndata: {document}\n\n".encode()
-                    return
-                if watcher.events:
-                    yield _messages(hub.take(watcher, STREAM_CHUNK_BYTES)[1])
-                elif not await hub.wait(watcher, heartbeat):
-                    yield b": heartbeat\n\n"
+            await self._messages.aclose()
         finally:
-            hub.close(watcher)
+            self._hub.close(self._watcher)
+
+
+async def _server_sent_events(hub: WatchHub, watcher: Watcher, heartbeat: float) -> AsyncGenerator[bytes, None]:
+    """The Server-Sent Events of one watcher, until it is compacted or closed."""
+    yield f"retry: {RETRY_MS}\nid: {watcher.since}\nevent: start\ndata: {{\"revision\":{watcher.since}}}\n\n".encode()
+    while not watcher.closed:
+        if watcher.compacted is not None:
+            document = json.dumps({"error": "the watch fell behind the events this node keeps",
+                                   "code": "compacted", "oldest_revision": watcher.compacted})
+            yield f"event: error\ndata: {document}\n\n".encode()
+            return
+        if watcher.events:
+            yield _messages(hub.take(watcher, STREAM_CHUNK_BYTES)[1])
+        elif not await hub.wait(watcher, heartbeat):
+            yield b": heartbeat\n\n"
 
 
 def _messages(taken: list[tuple[int, str]]) -> bytes:

@@ -20,6 +20,7 @@ from hraftd.client import (
     AsyncClient,
     Client,
     ClientError,
+    Compacted,
     Entry,
     OutcomeUnknown,
     PreconditionFailed,
@@ -228,6 +229,27 @@ def test_a_write_without_a_quorum_is_outcome_unknown_and_its_retry_applies_it_on
     assert item["value"] == "after" and item["version"] == 2 and item["mod_revision"] == revision
     assert patient.set("quorum/k", "after", idempotency_key="the-write") == revision
     assert patient.item("quorum/k")["version"] == 2
+
+
+def test_a_watch_goes_to_the_next_node_on_410_and_is_compacted_only_when_every_node_says_so(cluster):
+    """The leader and one follower keep 3 events, the other follower 10,000: a watch from before the last 3
+    is answered by that follower, and only a client that knows no node keeping them gets Compacted."""
+    leader = cluster.node("small0").start(None, "-watch-window", "3").wait_ready()
+    follower = cluster.node("small1").start(leader, "-watch-window", "3").wait_ready()
+    keeper = cluster.node("keeper").start(leader).wait_ready()
+    with Client(leader.http_addr) as client:
+        start = client.set("w", -1)
+        revisions = [client.set("w", i) for i in range(8)]
+    with Client([leader.http_addr, follower.http_addr, keeper.http_addr], deadline=20) as client:
+        changes = client.watch(key="w", since=start, timeout=5)
+        assert [next(changes)["value"] for _ in range(8)] == list(range(8))
+        assert changes.revision == revisions[-1]
+    began = time.monotonic()
+    with Client([leader.http_addr, follower.http_addr], deadline=20) as client, \
+            pytest.raises(Compacted) as compacted:
+        next(client.watch(key="w", since=start, timeout=5))
+    assert compacted.value.oldest_revision == revisions[-4]
+    assert time.monotonic() - began < 10  # at once, not by going back to the leader until the deadline
 
 
 def test_the_asyncio_twin(three_nodes):

@@ -20,8 +20,9 @@ from hraftd.auth import TokenFile
 from hraftd.client import AsyncClient, Client, Compacted
 from hraftd.errors import CompactedError
 from hraftd.eventwindow import EventWindow
+from hraftd.request import Request
 from hraftd.store import ReplicatedKV
-from hraftd.watch import Watcher, WatchHub
+from hraftd.watch import Watcher, WatchHandler, WatchHub
 
 
 def watch(node: Node, **params: Any) -> requests.Response:
@@ -221,6 +222,14 @@ def test_bad_parameters_are_refused_with_400(nodes, query, code):
     assert response.json()["code"] == code
 
 
+@pytest.mark.parametrize("timeout", ["0", "0.5", "1e-300"])
+def test_a_stream_heartbeat_under_a_second_is_refused(nodes, timeout):
+    with requests.get(f"{nodes[0].url}/watch", params={"timeout": timeout, "since": 0}, timeout=10, stream=True,
+                      headers={"Accept": "text/event-stream"}) as response:
+        assert response.status_code == 400
+        assert response.json()["code"] == "bad_parameter"
+
+
 def test_a_bad_last_event_id_is_refused(nodes):
     response = requests.get(f"{nodes[0].url}/watch", timeout=10,
                             headers={"Accept": "text/event-stream", "Last-Event-ID": "x"})
@@ -235,7 +244,7 @@ def test_a_stream_sends_events_heartbeats_and_resumes_after_last_event_id(nodes)
     start = write(node, {"s/a": 1})
     second = write(node, {"s/b": 2})
     headers = {"Accept": "text/event-stream"}
-    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": start - 1, "timeout": 0.2},
+    with requests.get(f"{node.url}/watch", params={"prefix": "s/", "since": start - 1, "timeout": 1},
                       headers=headers, stream=True, timeout=10) as response:
         assert response.headers["Content-Type"] == "text/event-stream"
         received = stream_events(response.iter_lines())
@@ -325,6 +334,70 @@ def test_the_hub_drops_a_watcher_that_falls_behind_and_serves_the_others_once():
     assert alone.compacted == 2 and alone.events == [] and everything.compacted == 2
     assert other.compacted is None and [event["value"] for event in other.events] == [5]
     assert hub.count == 1
+
+
+def test_the_hub_skips_nothing_while_a_reopened_node_applies_its_log_again():
+    """The store resets the window to 0 when it reopens the node, and the log is applied again: watches
+    opened, answered and waiting meanwhile miss no event and get none twice (the hub with a real window, on a
+    real loop)."""
+    window = EventWindow(capacity=100)
+    hub = WatchHub(window)
+
+    def applied(revisions: range) -> None:
+        for revision in revisions:
+            window.add([{"type": "set", "key": f"k{revision}", "value": revision, "mod_revision": revision}],
+                       revision)
+
+    async def dispatched(revision: int) -> None:
+        deadline = time.monotonic() + 5
+        while hub.revision != revision:
+            assert time.monotonic() < deadline, f"the hub is at revision {hub.revision}, not {revision}"
+            await asyncio.sleep(0.001)
+
+    def revisions(watcher: Watcher) -> list[int]:
+        return [revision for revision, _ in hub.take(watcher, 1 << 20)[1]]
+
+    async def turns() -> None:
+        applied(range(1, 11))
+        answered = hub.open(0, None, "k")
+        pending = hub.open(7, None, "k")  # 8..10 found for it, not yet taken
+        await dispatched(10)
+        assert revisions(answered) == list(range(1, 11))
+        window.reset(0)  # the node reopens
+        applied(range(1, 6))  # and has applied its log again up to 5 when a long poll from 2 comes
+        late = hub.open(2, None, "k")
+        covered, taken = hub.take(late, 1 << 20)
+        assert covered == 5 and [revision for revision, _ in taken] == [3, 4, 5]
+        applied(range(6, 13))  # the log applied again, then new writes
+        await dispatched(12)
+        assert revisions(late) == list(range(6, 13))
+        assert revisions(answered) == [11, 12]
+        assert revisions(pending) == list(range(8, 13))
+        window.reset(0)  # reopens again; this time the hub sees the window behind it at a dispatch
+        applied(range(1, 9))
+        await dispatched(8)
+        applied(range(9, 15))
+        await dispatched(14)
+        assert revisions(answered) == [13, 14] and revisions(late) == [13, 14]
+
+    asyncio.run(turns())
+
+
+def test_a_stream_closed_before_its_first_byte_releases_its_watcher():
+    """The client went away before the node wrote anything: the server closes the stream it never started."""
+    handler = WatchHandler(EventWindow(), limits=None)
+
+    async def unused_sync(level: str) -> None:
+        raise AssertionError("a watch with since does not wait")
+
+    async def answered_then_closed() -> None:
+        request = Request("GET", "/watch", headers=[("accept", "text/event-stream")])
+        response = await handler.answer(request, {"since": "0"}, unused_sync)
+        assert handler.hub.count == 1 and response.stream is not None
+        await response.stream.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(answered_then_closed())
+    assert handler.hub.count == 0
 
 
 def test_the_async_client_watches(nodes):

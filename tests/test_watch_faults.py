@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ def sse_reader(urls: list[str], since: int, stop: threading.Event, seen: list[di
     while not stop.is_set():
         url = urls[turn % len(urls)]
         try:
-            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 0.5}, stream=True, timeout=(2, 3),
+            with requests.get(f"{url}/watch", params={"key": "k", "timeout": 1}, stream=True, timeout=(2, 3),
                               headers={"Accept": "text/event-stream", "Last-Event-ID": str(last)}) as response:
                 if response.status_code != 200:
                     raise requests.ConnectionError(response.text)
@@ -219,6 +220,44 @@ def test_a_stopping_node_answers_its_watches_at_once(tmp_path):
     finally:
         cluster.cleanup()
 
+
+
+def watchers(node: Node) -> int:
+    for line in requests.get(f"{node.url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("hraftd_watchers "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no hraftd_watchers in /metrics")
+
+
+def send_watch(node: Node, query: str, stream: bool) -> socket.socket:
+    host, port = node.http_addr.split(":")
+    sock = socket.create_connection((host, int(port)))
+    accept = "Accept: text/event-stream\r\n" if stream else ""
+    sock.sendall(f"GET /watch?{query} HTTP/1.1\r\nHost: x\r\n{accept}\r\n".encode())
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_watches_whose_client_resets_the_connection_are_dropped_at_once(tmp_path):
+    cluster = Cluster(tmp_path)
+    try:
+        node = cluster.node("resets").start().wait_ready()
+        waiting = [send_watch(node, f"prefix=p{i}/&since=0&timeout=300", stream=i % 2 == 0) for i in range(20)]
+        wait_for(lambda: watchers(node) == 20, 10, "20 long polls and streams to wait")
+        for sock in waiting:
+            reset(sock)
+        wait_for(lambda: watchers(node) == 0, 5, "the watches of the reset connections to go")
+        # Streams from now, gone while the node still confirms "now": they never write a byte.
+        for i in range(20):
+            reset(send_watch(node, f"key=gone{i}&timeout=300", stream=True))
+        confirmed = watch(node, key="after", timeout=0)  # confirmed after the ones before it were
+        assert confirmed.status_code == 200 and watchers(node) == 0
+    finally:
+        cluster.cleanup()
 
 
 @pytest.mark.skipif(not syscalls.available(), reason="strace is needed to make a sync fail")
