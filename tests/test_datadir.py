@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from flips import every_flip
 
 from hraftd.datadir import claim, read_identity, read_secret, write_secret
 from hraftd.errors import DataDirError
-
-
-def every_flip(path):
-    """Flip each bit of ``path`` in turn, yielding while it is flipped; put the file back afterwards."""
-    original = path.read_bytes()
-    for offset in range(len(original)):
-        for bit in range(8):
-            damaged = bytearray(original)
-            damaged[offset] ^= 1 << bit
-            path.write_bytes(bytes(damaged))
-            yield
-    path.write_bytes(original)
 
 
 def test_the_identity_reads_back_and_every_flipped_bit_is_refused(tmp_path):
