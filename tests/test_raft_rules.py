@@ -138,3 +138,27 @@ def test_prevote_answers(last, term, leader_heard, granted):
     run(rules, {"type": "hraftd_prevote", "serial": 7, "term": term, "last_log_index": last[0],
                 "last_log_term": last[1]}, node="other")
     assert engine.sent[-1] == ("other", {"type": "hraftd_prevote_answer", "serial": 7, "granted": granted})
+
+
+def test_a_member_ahead_answers_a_lower_term_append_with_its_term_and_takes_nothing_from_it():
+    engine = FakeEngine([1] * 3, term=5)
+    rules = RaftRules(engine)
+    assert run(rules, append(3, 1, [(4, 3)], term=3)) == []
+    assert engine.sent == [("leader", {"type": "hraftd_newer_term", "term": 5})]
+    assert run(rules, append(3, 1, [], term=3), node="stranger") == []
+    assert len(engine.sent) == 1  # only members are answered
+
+
+@pytest.mark.parametrize(("node", "term", "steps_down"), [
+    ("other", 6, True),
+    ("other", 5, False),  # not past our term
+    ("stranger", 9, False),  # not a member
+    ("other", "9", False),
+])
+def test_a_newer_term_from_a_member_makes_the_node_step_down_without_giving_a_vote(node, term, steps_down):
+    engine = FakeEngine([1] * 3, term=5)
+    engine.is_leader = True
+    delivered = run(RaftRules(engine), {"type": "hraftd_newer_term", "term": term}, node=node)
+    # PySyncObj adopts the term of any vote request and steps down; a log older than any gets no vote
+    assert delivered == ([{"type": "request_vote", "term": term, "last_log_index": -1, "last_log_term": -1}]
+                         if steps_down else [])

@@ -4,6 +4,8 @@ import signal
 
 from nodes import wait_for
 
+from hraftd.raft.hardstate import HardState, load_hard_state, save_hard_state
+
 
 def test_kill_9_of_every_node_loses_no_acknowledged_write(cluster):
     nodes = cluster.start(3)
@@ -46,3 +48,23 @@ def test_a_restarted_single_node_keeps_its_data(cluster):
     node0.kill()
     node0.start().wait_ready()
     assert node0.value("persisted") == [1, 2, 3]
+
+
+def test_a_member_whose_term_ran_ahead_is_followed_again(cluster):
+    """A member restarts at a term past the leader's (it campaigned where no one would follow it). It must
+    not stay a leaderless candidate: it tells the leader its term, an election settles it, all agree again."""
+    nodes = cluster.start(3)
+    leader = cluster.leader()
+    follower = next(n for n in nodes if n is not leader)
+    assert leader.set({"before": 1}).status_code == 200
+    leader_term = leader.status()["term"]
+    follower.kill()
+    wait_for(lambda: not follower.processes(), 15, "the follower's worker to exit")
+    state_path = str(follower.data_dir / "raft.state")
+    state = load_hard_state(state_path)
+    save_hard_state(state_path, HardState(leader_term + 10, None, state.commit_index))
+    follower.start()
+    agreed = cluster.leader()
+    assert agreed.status()["term"] > leader_term + 10
+    assert follower.set({"after": 2}).status_code == 200
+    assert wait_for(lambda: follower.get("before").status_code == 200, 15, "the follower to serve reads")

@@ -9,6 +9,11 @@
 - Leader stickiness and PreVote: a node that heard from a leader within the minimum election timeout ignores
   vote requests, and a node only starts an election after a majority said it would vote for it, so a node
   that was cut off or restarted cannot depose a healthy leader. A leadership transfer is the exception.
+- A member at a higher term answers a lower-term append with its term, and the leader that gets that answer
+  steps down (etcd does the same with PreVote and CheckQuorum). PySyncObj drops such appends silently, and
+  with stickiness nobody would grant the member's vote requests either: without this answer a member whose
+  term ran ahead (it campaigned on a pre-vote from a woken ex-leader, say) would stay a leaderless candidate
+  for as long as the leader lives.
 - Messages are checked for shape before PySyncObj reads them; anything else is dropped.
 """
 
@@ -111,11 +116,18 @@ class RaftRules:
         if handler is not None:
             handler(node, message)
             return
+        if kind == "hraftd_newer_term":
+            self._on_newer_term(node, message, deliver)
+            return
         if not well_formed(message):
             log.debug("dropped a malformed %r message from %s", kind, node)
             return
         engine = self.engine
-        if kind == "append_entries" and message["term"] >= engine.term:
+        if kind == "append_entries" and message["term"] < engine.term:
+            if node in engine.voters:
+                engine.send(node, {"type": "hraftd_newer_term", "term": engine.term})
+            return
+        if kind == "append_entries":
             self._leader_heard_at = time.monotonic()
             if "prevLogIdx" in message:
                 self._append(node, message, deliver)
@@ -157,6 +169,16 @@ class RaftRules:
             vouched["prevLogIdx"], vouched["prevLogTerm"] = entries[start - 1][1], entries[start - 1][2]
             vouched["entries"] = entries[start:]
         deliver(vouched)
+
+    def _on_newer_term(self, node: Any, message: dict[str, Any], deliver: Callable[[Any], None]) -> None:
+        term = message.get("term")
+        if not _is_int(term) or term <= self.engine.term or node not in self.engine.voters:
+            return
+        log.info("member %s is at term %d, past ours (%d): stepping down to let an election settle it",
+                 node, term, self.engine.term)
+        # PySyncObj adopts a higher term (and becomes a follower) on any vote request; one whose log is
+        # older than every log gets no vote.
+        deliver({"type": "request_vote", "term": term, "last_log_index": -1, "last_log_term": -1})
 
     def _leader_is_live(self) -> bool:
         engine = self.engine
