@@ -236,8 +236,7 @@ def test_a_paused_leader_that_wakes_past_its_deadlines_ends_no_lease_its_success
             time.sleep(ttl + 1 - 0.5)  # every deadline the stopped leader holds passes meanwhile
         finally:
             os.kill(worker, signal.SIGCONT)
-        wait_for(lambda: (leader.status()["leader"] or {}).get("id") not in (None, leader.name), 30,
-                 "the woken node to follow the new leader")
+        cluster.leader()  # all three agree again (a member whose term ran ahead meanwhile is heard)
         time.sleep(1.0)  # room for whatever it proposed from its old term to be applied
         changes = client.watch_once("kept/key", revision, 0)["events"]
         assert changes == [] and client.get("kept/key") == 1 and kept.alive, changes
