@@ -67,9 +67,10 @@ class NodeApp:
             if native is None:
                 response = await self._call_flask(request)
             else:
-                endpoint = native[1]
-                route = native[0] if endpoint is not None else route  # as Flask: a 405 matched no route
-                response = await self._call_native(request, *native)
+                route, endpoint, handler = native
+                parameters = self._keys.check(request, endpoint)
+                response = (await handler(request, parameters) if handler is not None
+                            else self._not_allowed(request, route))
         except BadRequest as error:
             response = self._error(error.status, error.code, str(error))
         except HraftdError as error:
@@ -77,7 +78,8 @@ class NodeApp:
         except Exception:
             response = self._error(500, "internal", internal_error_message(request.method, request.path))
         if native is not None:
-            response.route, response.endpoint = route, endpoint
+            response.route = route if endpoint is not None else "unmatched"  # as Flask: a 405 matched no route
+            response.endpoint = endpoint
         return self._finish(request.method, response, started)
 
     def refuse(self, status: int, code: str, message: str, method: str = "OTHER",
@@ -101,17 +103,13 @@ class NodeApp:
         start_response("500 Internal Server Error", [("Content-Type", "application/json"), *headers])
         return [body]
 
-    async def _call_native(self, request: Request, route: str, endpoint: str | None,
-                           handler: Callable[..., Any] | None) -> Response:
-        parameters = self._keys.check(request, endpoint)
-        if handler is None:
-            allowed = self._keys.allowed_methods(route)
-            if request.method == "OPTIONS":
-                return Response(200, b"", [("Allow", allowed), ("Content-Type", "text/html; charset=utf-8")])
-            response = self._error(405, "method_not_allowed", "The method is not allowed for the requested URL.")
-            response.headers.append(("Allow", allowed))
-            return response
-        return await handler(request, parameters)
+    def _not_allowed(self, request: Request, route: str) -> Response:
+        allowed = self._keys.allowed_methods(route)
+        if request.method == "OPTIONS":
+            return Response(200, b"", [("Allow", allowed), ("Content-Type", "text/html; charset=utf-8")])
+        response = self._error(405, "method_not_allowed", "The method is not allowed for the requested URL.")
+        response.headers.append(("Allow", allowed))
+        return response
 
     def _error(self, status: int, code: str, message: str, details: dict[str, Any] | None = None) -> Response:
         body, headers = error_document(status, code, message, details)
@@ -119,9 +117,12 @@ class NodeApp:
 
     def _finish(self, method: str, response: Response, started: float) -> Response:
         headers = response.headers
-        headers.append(("X-Hraftd-Node", self.store.node_id))
-        if not any(name == "X-Raft-Index" for name, _ in headers):
+        for name, _ in headers:
+            if name == "X-Raft-Index":
+                break
+        else:
             headers.append(("X-Raft-Index", str(self.store.applied_index)))
+        headers.append(("X-Hraftd-Node", self.store.node_id))
         self.metrics.observe(response.route, method, response.status, time.perf_counter() - started)
         return response
 

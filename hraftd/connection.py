@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import re
 import time
 import urllib.parse
+from collections.abc import Coroutine, Generator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +67,7 @@ class HttpConnection(asyncio.Protocol):
         self.read_paused = self.write_paused = self.client_eof = False
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.answering = False  # in _next's loop
         self.lingered = 0
         self._new_request()
 
@@ -296,15 +299,27 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _next(self) -> None:
-        if self.busy or not self.pending or self.reading == CLOSED:
+        """Answer the requests due, in order. An answer runs at once, here, up to its first wait (most never
+        wait: a stale read, a refusal); only one that waits gets a task. ``_answer`` calls back in here when it
+        ends, which the loop below takes over while it runs."""
+        if self.answering:
             return
-        item = self.pending.popleft()
-        self.busy = True
-        if isinstance(item, Response):  # a refusal: the last answer on this connection
-            self.task = self.loop.create_task(self._answer(None, item, False))
-        else:
-            request, keep_alive = item
-            self.task = self.loop.create_task(self._answer(request, None, keep_alive))
+        self.answering = True
+        try:
+            while not self.busy and self.pending and self.reading != CLOSED:
+                item = self.pending.popleft()
+                self.busy = True
+                if isinstance(item, Response):  # a refusal: the last answer on this connection
+                    answer = self._answer(None, item, False)
+                else:
+                    answer = self._answer(item[0], None, item[1])
+                try:
+                    awaited = answer.send(None)
+                except StopIteration:
+                    continue
+                self.task = self.loop.create_task(_rest_of(answer, awaited))
+        finally:
+            self.answering = False
 
     async def _answer(self, request: Request | None, response: Response | None, keep_alive: bool) -> None:
         try:
@@ -366,8 +381,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _head(self, response: Response, length: int | None, keep_alive: bool, version: str,
               chunked: bool = False) -> bytes:
-        lines = [_STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in response.headers)
+        lines = [f"{name}: {value}\r\n" for name, value in response.headers]
+        lines.insert(0, _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n")
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
         elif chunked:
@@ -407,6 +422,32 @@ class HttpConnection(asyncio.Protocol):
                                     request.method, request.target, request.http_version, status, sent, referer,
                                     agent)
 
+
+
+async def _rest_of(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
+    """The rest of ``coroutine``, which has run up to its first wait on ``awaited``, as a task can run it."""
+    await _Resumed(coroutine, awaited)
+
+
+class _Resumed:
+    __slots__ = ("awaited", "coroutine")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self.coroutine, self.awaited = coroutine, awaited
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, awaited = self.coroutine, self.awaited
+        while True:  # hands the task what the coroutine waits on, and the coroutine what the task sends or throws
+            try:
+                sent = yield awaited
+            except BaseException as error:
+                step = functools.partial(coroutine.throw, error)
+            else:
+                step = functools.partial(coroutine.send, sent)
+            try:
+                awaited = step()
+            except StopIteration:
+                return
 
 
 async def _close_stream(response: Response) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -74,27 +75,45 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
 
 
 class NodeMetrics:
-    """One registry per app, so several nodes in one process (tests) never share counters."""
+    """One registry per app, so several nodes in one process (tests) never share counters.
+
+    The request counters are plain numbers that ``observe`` adds to on the event loop (the only caller), and
+    that a scrape copies: no lock and no label lookup per request."""
+
+    LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf"))
 
     def __init__(self, store: StatsSource) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StoreCollector(store))
-        self.requests = Counter("hraftd_http_requests", "HTTP requests answered",
-                                ["route", "method", "status"], registry=self.registry)
-        self.latency = Histogram("hraftd_http_request_duration_seconds", "Time to answer an HTTP request",
-                                 ["route", "method"], registry=self.registry,
-                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.registry.register(self)
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[tuple[str, str], list[float]] = {}  # a count per bound, then the sum
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request; any method not in HTTP_METHODS is counted as ``OTHER``."""
         if method not in HTTP_METHODS:  # a label set per made-up method would grow the metrics without bound
             method = "OTHER"
-        # labels() validates and locks on every call; a handful of label sets recur, so look each up once.
-        children = self._children.get((route, method, status))
-        if children is None:
-            children = self.requests.labels(route, method, str(status)), self.latency.labels(route, method)
-            self._children[(route, method, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        key = (route, method, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
+        latency = self._latency.get((route, method))
+        if latency is None:
+            latency = self._latency[(route, method)] = [0] * len(self.LATENCY_BOUNDS) + [0.0]
+        latency[bisect.bisect_left(self.LATENCY_BOUNDS, seconds)] += 1
+        latency[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("hraftd_http_requests", "HTTP requests answered",
+                                       labels=["route", "method", "status"])
+        for (route, method, status), count in self._requests.copy().items():  # copy(): atomic, unlike iteration
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily("hraftd_http_request_duration_seconds", "Time to answer an HTTP request",
+                                        labels=["route", "method"])
+        for (route, method), counts in self._latency.copy().items():
+            counts = list(counts)
+            cumulative, buckets = 0, []
+            for bound, count in zip(self.LATENCY_BOUNDS, counts, strict=False):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route, method], buckets, counts[-1])
+        yield latency

@@ -269,9 +269,24 @@ def internal_error_message(method: str, path: str) -> str:
     return f"internal error; the node's log has the details under request id {request_id}"
 
 
+def _compact_json_encoder() -> Any:
+    """``json.dumps(document, separators=(",", ":"))`` without making an encoder per call. Answers are built
+    from parsed JSON and our own dicts, never circular, so the circular-reference check is left out."""
+    python_encoder = json.JSONEncoder(separators=(",", ":"), check_circular=False)
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return python_encoder.encode
+    encode = make(None, python_encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False,
+                  True)
+    return lambda document: "".join(encode(document, 0))
+
+
+_encode_json = _compact_json_encoder()
+
+
 def json_body(document: Any) -> bytes:
     """A JSON answer's body, byte for byte what ``flask.jsonify`` makes (compact, ASCII, one newline)."""
-    return (json.dumps(document, separators=(",", ":")) + "\n").encode()
+    return (_encode_json(document) + "\n").encode()
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

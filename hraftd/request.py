@@ -44,5 +44,7 @@ class Response:
     length: int | None = None  # the Content-Length the app set itself (HEAD: that of the GET)
 
     def __post_init__(self) -> None:
-        if not any(name.lower() == "content-type" for name, _ in self.headers):
-            self.headers.append(("Content-Type", "application/json"))
+        for name, _ in self.headers:
+            if name == "Content-Type" or name.lower() == "content-type":
+                return
+        self.headers.append(("Content-Type", "application/json"))

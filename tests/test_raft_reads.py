@@ -134,3 +134,21 @@ def test_a_read_past_its_deadline_fails():
     reads.request(reader(done, "a"), deadline=0.0)
     reads.tick()
     assert len(done) == 1 and "in time" in str(done[0][1])
+
+
+def test_a_leader_alone_answers_without_a_round_once_its_term_is_committed_and_applied():
+    reads, engine, _ = leader_reads(noop_index=12)
+    engine.voters = set()
+    assert not reads.settled_alone()  # its no-op (12) is not committed: its commit index may miss writes
+    engine.commit_index = 12
+    assert not reads.settled_alone()  # committed, not applied
+    engine.applied_index = 12
+    assert reads.settled_alone()
+    engine.voters = {"b"}  # a member was added: leadership needs a quorum's word again
+    assert not reads.settled_alone()
+    engine.voters = set()
+    reads.stepped_down()
+    assert not reads.settled_alone()  # until it commits an entry of its next term
+    engine.is_leader = False
+    reads.became_leader(13)
+    assert not reads.settled_alone()

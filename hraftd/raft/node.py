@@ -175,6 +175,9 @@ class RaftNode:
 
     def read_index(self, done: Callable[[Exception | None], None], timeout: float) -> None:
         """``done(None)`` once this node's state reflects every write acknowledged before the call."""
+        if self.failure is None and not self._stopping and self.reads.settled_alone():
+            done(None)
+            return
         self.reads.request(done, time.monotonic() + timeout)
         self._wake()
 
@@ -362,6 +365,8 @@ class RaftNode:
         self.role = ROLES.get(new, "unknown")
         if new == LEADER:
             self.reads.became_leader(self.journal.last_index + 1)  # PySyncObj appends its no-op next
+        elif old == LEADER:
+            self.reads.stepped_down()
 
     def _snapshot_starting(self) -> None:
         self._snapshot_started = time.monotonic()

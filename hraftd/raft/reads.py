@@ -5,6 +5,8 @@ entry of its own term, so its commit index covers every write acknowledged befor
 a message the leader sent after T in that term, so no later leader can have committed anything before T that
 this leader lacks; I is the leader's commit index when that round began; (3) the serving node has applied I.
 A follower asks the leader for I (one message for all its waiting readers) and waits until it has applied it.
+A leader that is the only voter needs no round: (2) holds for it by itself, and it answers at once when it has
+applied its commit index.
 
 Rounds are coalesced: one round in flight per node, and a read that arrives while a round is in flight waits
 for the next one (a round that began before the read arrived proves nothing about it).
@@ -72,6 +74,17 @@ class ReadIndex:
 
     def became_leader(self, noop_index: int) -> None:
         self.noop_index = noop_index
+
+    def stepped_down(self) -> None:
+        self.noop_index = float("inf")
+
+    def settled_alone(self) -> bool:
+        """From any thread: whether this node's state already reflects every acknowledged write, with no round.
+        True on a leader that is the only voter (no other node can be elected, so its leadership needs no
+        confirmation), once it has committed its term's first entry and applied its commit index."""
+        engine = self.engine
+        return (engine.is_leader and not engine.voters and engine.commit_index >= self.noop_index
+                and engine.applied_index >= engine.commit_index)
 
     def tick(self) -> None:
         """On the tick thread, every iteration."""
