@@ -11,7 +11,7 @@ a pair was up to 1.2x faster often enough to bias a fixed order. Loads (wrk, kee
 
 - ``write32``, ``write1``: POST of unique keys to the leader, 32 clients and 1 client;
 - ``linearizable_leader``, ``stale_leader``: GET of 1,000 keys at random on the leader, 32 clients;
-- ``linearizable_follower``: the same on a follower (3 nodes only).
+- ``linearizable_follower``, ``stale_follower``: the same on a follower (3 nodes only).
 
 The table gives each side's median over the rounds, and after/before for each round's pair. Every process it
 starts is killed when it ends. Results go to ``--out`` as JSON.
@@ -42,6 +42,7 @@ LOADS: dict[str, tuple[str, str, int, dict[str, str]]] = {  # name -> (on, wrk s
     "linearizable_leader": ("leader", "read.lua", 32, {**READ, "WRK_LEVEL": "linearizable"}),
     "stale_leader": ("leader", "read.lua", 32, {**READ, "WRK_LEVEL": "stale"}),
     "linearizable_follower": ("follower", "read.lua", 32, {**READ, "WRK_LEVEL": "linearizable"}),
+    "stale_follower": ("follower", "read.lua", 32, {**READ, "WRK_LEVEL": "stale"}),
 }
 
 
