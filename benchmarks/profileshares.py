@@ -21,7 +21,7 @@ from pathlib import Path
 PARTS: dict[str, list[tuple[str, str]]] = {
     "event loop": [
         ("HTTP: writing the answer (_write, _head)", "HttpConnection._write"),
-        ("HTTP: writing the answer (_write, _head)", "HttpConnection._head"),
+        ("HTTP: writing the answer (_write, _head)", "Response.head"),
         ("store (ReplicatedKV, state machine)", "hraftd/store.py"),
         ("store (ReplicatedKV, state machine)", "hraftd/operations.py"),
         ("store (ReplicatedKV, state machine)", "hraftd/state.py"),

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import re
 import time
 import urllib.parse
-from collections.abc import Coroutine, Generator
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from hraftd import eager
 from hraftd.request import Request, Response
 
 if TYPE_CHECKING:
@@ -36,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hraftd.http")
 IDLE, HEAD, BODY, DONE, LINGER, CLOSED = "idle", "head", "body", "done", "linger", "closed"
-_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus}
 _METHOD_TOKEN = re.compile(rb"[A-Z]{1,20} ")
 _MAX_LINGERING = 256  # refused connections waiting for their client to read the answer
 
@@ -104,7 +101,7 @@ class HttpConnection(asyncio.Protocol):
         answer = self.app.refuse(503, "busy", "the node has too many open connections; retry",
                                  headers=[("Retry-After", "1")])
         if len(self.server.refused) >= _MAX_LINGERING:
-            transport.write(self._head(answer, len(answer.body), False, "1.1") + answer.body)
+            transport.write(answer.head(len(answer.body), False, "1.1", False, self.server.date_line) + answer.body)
             self.close()
             return
         self.server.refused.add(self)
@@ -299,9 +296,8 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _next(self) -> None:
-        """Answer the requests due, in order. An answer runs at once, here, up to its first wait (most never
-        wait: a stale read, a refusal); only one that waits gets a task. ``_answer`` calls back in here when it
-        ends, which the loop below takes over while it runs."""
+        """Answer the requests due, in order, each at once up to its first wait (``hraftd.eager``).
+        ``_answer`` calls back in here when it ends, which the loop below takes over while it runs."""
         if self.answering:
             return
         self.answering = True
@@ -313,11 +309,7 @@ class HttpConnection(asyncio.Protocol):
                     answer = self._answer(None, item, False)
                 else:
                     answer = self._answer(item[0], None, item[1])
-                try:
-                    awaited = answer.send(None)
-                except StopIteration:
-                    continue
-                self.task = self.loop.create_task(_rest_of(answer, awaited))
+                self.task = eager.start(answer, self.loop)
         finally:
             self.answering = False
 
@@ -354,13 +346,14 @@ class HttpConnection(asyncio.Protocol):
             return
         if response.stream is None:
             length = len(response.body) if response.length is None else response.length
-            transport.write(self._head(response, length, keep_alive, version)
+            transport.write(response.head(length, keep_alive, version, False, self.server.date_line)
                             + (b"" if head_only else response.body))
             sent = 0 if head_only else len(response.body)
         else:
             chunked = response.length is None and version == "1.1"
             keep_alive = keep_alive and (chunked or response.length is not None)
-            transport.write(self._head(response, response.length, keep_alive, version, chunked))
+            transport.write(response.head(response.length, keep_alive, version, chunked,
+                                           self.server.date_line))
             sent = 0
             try:
                 async for chunk in response.stream:
@@ -378,22 +371,6 @@ class HttpConnection(asyncio.Protocol):
                 transport.write(b"0\r\n\r\n")
         if self.server.access_log is not None and request is not None:
             self._log_access(request, response.status, sent)
-
-    def _head(self, response: Response, length: int | None, keep_alive: bool, version: str,
-              chunked: bool = False) -> bytes:
-        lines = [f"{name}: {value}\r\n" for name, value in response.headers]
-        lines.insert(0, _STATUS_LINES.get(response.status) or f"HTTP/1.1 {response.status} Unknown\r\n")
-        if length is not None:
-            lines.append(f"Content-Length: {length}\r\n")
-        elif chunked:
-            lines.append("Transfer-Encoding: chunked\r\n")
-        lines.append(self.server.date_line)
-        if not keep_alive:
-            lines.append("Connection: close\r\n")
-        elif version == "1.0":
-            lines.append("Connection: keep-alive\r\n")
-        lines.append("\r\n")
-        return "".join(lines).encode("latin-1", "replace")
 
     def _linger(self) -> None:
         """The last answer is written: read and throw away what the client still sends, until it closes its
@@ -422,32 +399,6 @@ class HttpConnection(asyncio.Protocol):
                                     request.method, request.target, request.http_version, status, sent, referer,
                                     agent)
 
-
-
-async def _rest_of(coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
-    """The rest of ``coroutine``, which has run up to its first wait on ``awaited``, as a task can run it."""
-    await _Resumed(coroutine, awaited)
-
-
-class _Resumed:
-    __slots__ = ("awaited", "coroutine")
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], awaited: Any) -> None:
-        self.coroutine, self.awaited = coroutine, awaited
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, awaited = self.coroutine, self.awaited
-        while True:  # hands the task what the coroutine waits on, and the coroutine what the task sends or throws
-            try:
-                sent = yield awaited
-            except BaseException as error:
-                step = functools.partial(coroutine.throw, error)
-            else:
-                step = functools.partial(coroutine.send, sent)
-            try:
-                awaited = step()
-            except StopIteration:
-                return
 
 
 async def _close_stream(response: Response) -> None:

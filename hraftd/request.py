@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
+
+_STATUS_LINES = {status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n" for status in HTTPStatus}
 
 
 @dataclass(slots=True)
@@ -48,3 +51,19 @@ class Response:
             if name == "Content-Type" or name.lower() == "content-type":
                 return
         self.headers.append(("Content-Type", "application/json"))
+
+    def head(self, length: int | None, keep_alive: bool, version: str, chunked: bool, date_line: str) -> bytes:
+        """The status line and headers of this answer, the framing ones included, as sent."""
+        lines = [f"{name}: {value}\r\n" for name, value in self.headers]
+        lines.insert(0, _STATUS_LINES.get(self.status) or f"HTTP/1.1 {self.status} Unknown\r\n")
+        if length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
+        elif chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        lines.append(date_line)
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1", "replace")
