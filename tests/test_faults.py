@@ -7,7 +7,7 @@ FAIL the check: it proves the checker catches what linearizable reads prevent. T
 (``jepsen_cas``) go through the failover client: CAS registers must be linearizable, and no acknowledged
 transaction may be lost or applied twice, and what each watcher saw must be a gap-free prefix of the committed
 history. The long randomized run is marked
-``long``: ``python -m pytest -m long tests/test_faults.py``, length in HRAFTD_JEPSEN_SECONDS (default 120).
+``long``: ``python -m pytest -n 0 -m long tests/test_faults.py``, length in HRAFTD_JEPSEN_SECONDS (default 120).
 """
 
 from __future__ import annotations
