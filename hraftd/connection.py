@@ -268,6 +268,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse(self, refused: Refused) -> None:
         """Answer ``refused`` after the answers already due, then close: nothing more is read as requests."""
+        if self.reading in (LINGER, CLOSED):  # the last answer is out (e.g. to "Connection: close"): no more
+            return
         self._stop_reading()
         self.pending.append(self.app.refuse(refused.status, refused.code, str(refused)))
         self._next()
@@ -302,7 +304,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.answering = True
         try:
-            while not self.busy and self.pending and self.reading != CLOSED:
+            while not self.busy and self.pending and self.reading not in (LINGER, CLOSED):
                 item = self.pending.popleft()
                 self.busy = True
                 if isinstance(item, Response):  # a refusal: the last answer on this connection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -14,6 +15,8 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 ROLES = ("leader", "follower", "candidate")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -88,32 +91,42 @@ class NodeMetrics:
         self.registry.register(self)
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[tuple[str, str], list[float]] = {}  # a count per bound, then the sum
+        self._created: dict[tuple[Any, ...], float] = {}  # when each label set was first seen (the _created series)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request; any method not in HTTP_METHODS is counted as ``OTHER``."""
         if method not in HTTP_METHODS:  # a label set per made-up method would grow the metrics without bound
             method = "OTHER"
         key = (route, method, status)
-        self._requests[key] = self._requests.get(key, 0) + 1
+        count = self._requests.get(key)
+        if count is None:
+            count = 0
+            self._created[key] = time.time()
+        self._requests[key] = count + 1
         latency = self._latency.get((route, method))
         if latency is None:
+            self._created[(route, method)] = time.time()
             latency = self._latency[(route, method)] = [0] * len(self.LATENCY_BOUNDS) + [0.0]
         latency[bisect.bisect_left(self.LATENCY_BOUNDS, seconds)] += 1
         latency[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
+        created = self._created.copy()  # copy(): atomic, unlike iteration while the loop adds to it
         requests = CounterMetricFamily("hraftd_http_requests", "HTTP requests answered",
                                        labels=["route", "method", "status"])
-        for (route, method, status), count in self._requests.copy().items():  # copy(): atomic, unlike iteration
-            requests.add_metric([route, method, str(status)], count)
+        for (route, method, status), count in self._requests.copy().items():
+            requests.add_metric([route, method, str(status)], count, created.get((route, method, status)))
         yield requests
-        latency = HistogramMetricFamily("hraftd_http_request_duration_seconds", "Time to answer an HTTP request",
-                                        labels=["route", "method"])
+        name = "hraftd_http_request_duration_seconds"
+        latency = HistogramMetricFamily(name, "Time to answer an HTTP request", labels=["route", "method"])
         for (route, method), counts in self._latency.copy().items():
             counts = list(counts)
             cumulative, buckets = 0, []
             for bound, count in zip(self.LATENCY_BOUNDS, counts, strict=False):
                 cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+                buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([route, method], buckets, counts[-1])
+            if (route, method) in created:
+                latency.samples.append(Sample(f"{name}_created", {"route": route, "method": method},
+                                              created[(route, method)]))
         yield latency

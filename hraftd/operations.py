@@ -44,8 +44,7 @@ def _keyed(command: dict[str, Any], idempotency_key: str | None) -> dict[str, An
 
 class KVOperations(Mapping):
     """Mixed into ``ReplicatedKV``, which provides the plumbing: ``sync_reads(level)`` (wait until local reads
-    are as fresh as ``level`` asks), ``_local(read)`` (``read(state)`` under the state machine's lock),
-    ``_local_state()`` (the state itself, for a read of one key) and
+    are as fresh as ``level`` asks), ``_local(read)`` (``read(state)`` under the state machine's lock) and
     ``execute(command)`` (replicate a command, return its result or raise its error)."""
 
     # ----- reads -----
@@ -63,9 +62,8 @@ class KVOperations(Mapping):
         return copy.deepcopy(self.read_item(key))
 
     def read_item(self, key: str) -> dict[str, Any] | None:
-        """The key's value and revisions from local state, without waiting and without a copy (read-only). One
-        key needs no lock: the state replaces a key's record whole, never changes one in place."""
-        return self._local_state().get(key)
+        """The key's value and revisions from local state, without waiting and without a copy (read-only)."""
+        return self._local(lambda state: state.get(key))
 
     def page(self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None,
              keys_only: bool = False, level: str = "linearizable") -> Page:

@@ -240,11 +240,6 @@ class ReplicatedKV(KVOperations, LeaseOperations):
         with machine.lock:
             return read(machine.state)
 
-    def _local_state(self) -> KVState:
-        if self._closed:
-            raise ClosedError("this store is closed")
-        return self._node.machine.state
-
     # ----- watches -----
 
     def watch(self, key: str | None = None, prefix: str | None = None, since: int | None = None,

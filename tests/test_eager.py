@@ -44,11 +44,34 @@ def test_a_task_cancelled_before_its_first_step_still_runs_the_answers_cleanup()
     async def main() -> None:
         loop = asyncio.get_running_loop()
         log: list[str] = []
-        task = eager.start(answer(log, loop.create_future()), loop)
+        wait = loop.create_future()
+        task = eager.start(answer(log, wait), loop)
         assert task is not None
         task.cancel()  # the client went away in the same turn of the loop
         await asyncio.gather(task, return_exceptions=True)
-        assert task.cancelled() and log == ["started", "cleaned up"]
+        assert task.cancelled() and wait.cancelled() and log == ["started", "cleaned up"]
+
+    asyncio.run(main())
+
+
+def test_the_first_step_may_wait_with_a_timeout():
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        log: list[str] = []
+
+        async def waits_in_time() -> None:
+            try:
+                await asyncio.wait_for(loop.create_future(), 0.01)
+            except asyncio.TimeoutError:
+                log.append("timed out")
+
+        started: asyncio.Future[asyncio.Task[None] | None] = loop.create_future()
+        # From a plain callback, outside any task, as the server starts an answer when its request arrives.
+        loop.call_soon(lambda: started.set_result(eager.start(waits_in_time(), loop)))
+        task = await asyncio.wait_for(started, 5)
+        assert task is not None
+        await asyncio.wait_for(task, 5)
+        assert log == ["timed out"]
 
     asyncio.run(main())
 

@@ -137,7 +137,23 @@ def test_prevote_answers(last, term, leader_heard, granted):
         run(rules, append(3, 1, []))
     run(rules, {"type": "hraftd_prevote", "serial": 7, "term": term, "last_log_index": last[0],
                 "last_log_term": last[1]}, node="other")
-    assert engine.sent[-1] == ("other", {"type": "hraftd_prevote_answer", "serial": 7, "granted": granted})
+    assert engine.sent[-1] == ("other", {"type": "hraftd_prevote_answer", "serial": 7, "granted": granted,
+                                         "term": 3})
+
+
+def test_a_pre_vote_refused_by_a_member_at_a_later_term_moves_the_asker_up_to_that_term():
+    engine = FakeEngine([1] * 3, term=3)
+    engine.leader = None
+    engine.election_deadline = time.monotonic() - 0.01
+    rules = RaftRules(engine)
+    rules.before_tick()
+    serial = engine.sent[-1][1]["serial"]
+    answer = {"type": "hraftd_prevote_answer", "serial": serial, "granted": False, "term": 9}
+    assert run(rules, answer, node="stranger") == []  # only a member's term counts
+    # behind in term, ahead in log: it takes the later term, so its next pre-vote (for 10) can be granted
+    assert run(rules, answer, node="other") == [{"type": "request_vote", "term": 9, "last_log_index": -1,
+                                                 "last_log_term": -1}]
+    assert run(rules, dict(answer, term=3), node="other") == [] and not rules.campaign_allowed
 
 
 def test_a_member_ahead_answers_a_lower_term_append_with_its_term_and_takes_nothing_from_it():

@@ -68,3 +68,26 @@ def test_a_member_whose_term_ran_ahead_is_followed_again(cluster):
     assert agreed.status()["term"] > leader_term + 10
     assert follower.set({"after": 2}).status_code == 200
     assert wait_for(lambda: follower.get("before").status_code == 200, 15, "the follower to serve reads")
+
+
+def test_two_survivors_one_ahead_in_term_the_other_in_log_elect_a_leader(cluster):
+    """No leader anywhere: one survivor has the later term but an older log (it was down for the last writes
+    and restarts at a term it reached campaigning), the other the newer log at an older term. Each refuses the
+    other's pre-vote; the one behind in term must move up to it, then win."""
+    nodes = cluster.start(3)
+    leader = cluster.leader()
+    behind, ahead = (n for n in nodes if n is not leader)
+    behind_name = behind.name
+    behind.kill()
+    wait_for(lambda: not behind.processes(), 15, "the stopped member's worker to exit")
+    assert leader.set({"while-it-was-down": 1}).status_code == 200
+    wait_for(lambda: ahead.get("while-it-was-down", level="stale").status_code == 200, 15, "the write to replicate")
+    leader.kill()
+    wait_for(lambda: not leader.processes(), 15, "the leader's worker to exit")
+    state_path = str(behind.data_dir / "raft.state")
+    state = load_hard_state(state_path)
+    save_hard_state(state_path, HardState(ahead.status()["term"] + 10, None, state.commit_index))
+    behind.start()
+    agreed = cluster.leader([ahead, behind])
+    assert agreed is ahead, f"{agreed.name} leads; only {ahead.name} has every write ({behind_name} lacks one)"
+    assert behind.value("while-it-was-down") == 1

@@ -185,6 +185,16 @@ def test_pipelined_requests_are_answered_in_order(node):
     sock.close()
 
 
+def test_requests_pipelined_after_connection_close_get_no_answer_and_the_close_is_clean(node):
+    sock = connect(node, b"GET /key/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                         b"GET /key/nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 404 ") and b"Connection: close" in answer
+    assert sock.recv(65536) == b""  # an orderly close (a reset raises here), and no second answer
+    sock.close()
+    assert "could not answer" not in node.log()
+
+
 class BlockingFlask:
     """A WSGI app whose answers wait until released: it holds every thread of the pool."""
 

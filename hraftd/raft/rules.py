@@ -13,7 +13,9 @@
   steps down (etcd does the same with PreVote and CheckQuorum). PySyncObj drops such appends silently, and
   with stickiness nobody would grant the member's vote requests either: without this answer a member whose
   term ran ahead (it campaigned on a pre-vote from a woken ex-leader, say) would stay a leaderless candidate
-  for as long as the leader lives.
+  for as long as the leader lives. Pre-vote answers carry the term too, and a node that asked moves up to a
+  later one: with no leader, a member ahead in term but behind in log and one behind in term but ahead in
+  log would otherwise refuse each other's pre-votes forever.
 - Messages are checked for shape before PySyncObj reads them; anything else is dropped.
 """
 
@@ -105,8 +107,7 @@ class RaftRules:
         self._prevote: dict[str, Any] | None = None
         self._prevote_serial = 0
         self.campaign_allowed = False
-        self.handlers: dict[str, Callable[[Any, dict[str, Any]], None]] = {
-            "hraftd_prevote": self._on_prevote, "hraftd_prevote_answer": self._on_prevote_answer}
+        self.handlers: dict[str, Callable[[Any, dict[str, Any]], None]] = {"hraftd_prevote": self._on_prevote}
 
     # ----- inbound -----
 
@@ -118,6 +119,9 @@ class RaftRules:
             return
         if kind == "hraftd_newer_term":
             self._on_newer_term(node, message, deliver)
+            return
+        if kind == "hraftd_prevote_answer":
+            self._on_prevote_answer(node, message, deliver)
             return
         if not well_formed(message):
             log.debug("dropped a malformed %r message from %s", kind, node)
@@ -241,9 +245,13 @@ class RaftRules:
         our_index, our_term = engine.last_log()
         up_to_date = last_term > our_term or (last_term == our_term and last_index >= our_index)
         granted = term > engine.term and up_to_date and not self._leader_is_live()
-        engine.send(node, {"type": "hraftd_prevote_answer", "serial": message.get("serial"), "granted": granted})
+        engine.send(node, {"type": "hraftd_prevote_answer", "serial": message.get("serial"), "granted": granted,
+                           "term": engine.term})
 
-    def _on_prevote_answer(self, node: Any, message: dict[str, Any]) -> None:
+    def _on_prevote_answer(self, node: Any, message: dict[str, Any], deliver: Callable[[Any], None]) -> None:
+        if _is_int(message.get("term")) and message["term"] > self.engine.term:
+            self._on_newer_term(node, message, deliver)  # catch up first: the next pre-vote asks past its term
+            return
         prevote = self._prevote
         if (prevote is None or message.get("serial") != prevote["serial"] or message.get("granted") is not True
                 or node not in self.engine.voters):
