@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from nodes import Cluster, Node, free_port
+from nodes import Cluster, Node, forget_ports, free_port
 
 from hraftd.store import ReplicatedKV
 
@@ -35,3 +35,7 @@ def three_nodes(tmp_path_factory) -> Iterator[list[Node]]:
         yield nodes.start(3)
     finally:
         nodes.cleanup()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    forget_ports()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import resource
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,17 +24,30 @@ SECRET = "test-cluster-secret-0123456789"  # for in-process clusters given their
 
 
 _handed_out: set[int] = set()
+# The ports handed out by every process of this test run (pytest-xdist runs several): one file, locked.
+_REGISTRY = Path(tempfile.gettempdir()) / f"hraftd-test-ports-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}"
 
 
 def free_port() -> int:
-    """A port nothing listens on now and that this test run has not handed out before."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+    """A port nothing listens on now and that no process of this test run has handed out before."""
+    with open(_REGISTRY, "a+") as registry:
+        fcntl.flock(registry, fcntl.LOCK_EX)
+        registry.seek(0)
+        _handed_out.update(int(line) for line in registry.read().split())
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                registry.write(f"{port}\n")
+                return port
+
+
+def forget_ports() -> None:
+    """The run is over: its registry of ports goes (a process still running writes a new one)."""
+    with contextlib.suppress(FileNotFoundError):
+        _REGISTRY.unlink()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
