@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from hraftd import eager
 from hraftd.request import Request, Response
 
 if TYPE_CHECKING:
@@ -64,7 +63,6 @@ class HttpConnection(asyncio.Protocol):
         self.read_paused = self.write_paused = self.client_eof = False
         self.drained: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
-        self.answering = False  # in _next's loop
         self.lingered = 0
         self._new_request()
 
@@ -298,22 +296,15 @@ class HttpConnection(asyncio.Protocol):
             self.transport.close()
 
     def _next(self) -> None:
-        """Answer the requests due, in order, each at once up to its first wait (``hraftd.eager``).
-        ``_answer`` calls back in here when it ends, which the loop below takes over while it runs."""
-        if self.answering:
+        if self.busy or not self.pending or self.reading in (LINGER, CLOSED):
             return
-        self.answering = True
-        try:
-            while not self.busy and self.pending and self.reading not in (LINGER, CLOSED):
-                item = self.pending.popleft()
-                self.busy = True
-                if isinstance(item, Response):  # a refusal: the last answer on this connection
-                    answer = self._answer(None, item, False)
-                else:
-                    answer = self._answer(item[0], None, item[1])
-                self.task = eager.start(answer, self.loop)
-        finally:
-            self.answering = False
+        item = self.pending.popleft()
+        self.busy = True
+        if isinstance(item, Response):  # a refusal: the last answer on this connection
+            self.task = self.loop.create_task(self._answer(None, item, False))
+        else:
+            request, keep_alive = item
+            self.task = self.loop.create_task(self._answer(request, None, keep_alive))
 
     async def _answer(self, request: Request | None, response: Response | None, keep_alive: bool) -> None:
         try:
