@@ -101,7 +101,8 @@ def test_a_secret_holder_that_is_not_a_member_is_heard_only_as_a_leader_or_candi
                    {"type": "apply_command", "command": b"\x00", "request_id": 1}):
         guest.send(answer)
     guest.send({"type": "hraftd_prevote", "serial": 7, "term": term + 5, "last_log_index": 1, "last_log_term": 1})
-    assert guest.receive() == {"type": "hraftd_prevote_answer", "serial": 7, "granted": False}  # heard, refused
+    assert guest.receive() == {"type": "hraftd_prevote_answer", "serial": 7, "granted": False,  # heard, refused
+                               "term": term}
     assert leader.set({"still": "leading"}).status_code == 200
     assert leader.status()["role"] == "leader" and requests.get(f"{leader.url}/livez", timeout=5).status_code == 200
 
