@@ -117,12 +117,9 @@ class NodeApp:
 
     def _finish(self, method: str, response: Response, started: float) -> Response:
         headers = response.headers
-        for name, _ in headers:
-            if name == "X-Raft-Index":
-                break
-        else:
-            headers.append(("X-Raft-Index", str(self.store.applied_index)))
         headers.append(("X-Hraftd-Node", self.store.node_id))
+        if not any(name == "X-Raft-Index" for name, _ in headers):
+            headers.append(("X-Raft-Index", str(self.store.applied_index)))
         self.metrics.observe(response.route, method, response.status, time.perf_counter() - started)
         return response
 

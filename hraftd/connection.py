@@ -393,7 +393,6 @@ class HttpConnection(asyncio.Protocol):
                                     agent)
 
 
-
 async def _close_stream(response: Response) -> None:
     aclose = getattr(response.stream, "aclose", None)
     if aclose is not None:

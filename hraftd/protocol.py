@@ -352,12 +352,10 @@ def path_key(path: str, limits: Limits) -> str:
     """The key of a ``/key/<key>`` path as WSGI gives it (latin-1), checked like a key in a body, with the
     status 414 for one too long for a URL."""
     # werkzeug would turn invalid UTF-8 into U+FFFD silently.
-    key = path[len(KEY_PATH_PREFIX):]
-    if not key.isascii():  # one character per byte: the bytes are UTF-8 (or not)
-        try:
-            key = key.encode("latin-1").decode("utf-8")
-        except (UnicodeEncodeError, UnicodeDecodeError):
-            raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
+    try:
+        key = path[len(KEY_PATH_PREFIX):].encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("the key in the path is not valid UTF-8 once percent-decoded", "bad_key") from None
     check_key(key, limits, status=414)
     return key
 

@@ -47,10 +47,8 @@ class Response:
     length: int | None = None  # the Content-Length the app set itself (HEAD: that of the GET)
 
     def __post_init__(self) -> None:
-        for name, _ in self.headers:
-            if name == "Content-Type" or name.lower() == "content-type":
-                return
-        self.headers.append(("Content-Type", "application/json"))
+        if not any(name.lower() == "content-type" for name, _ in self.headers):
+            self.headers.append(("Content-Type", "application/json"))
 
     def head(self, length: int | None, keep_alive: bool, version: str, chunked: bool, date_line: str) -> bytes:
         """The status line and headers of this answer, the framing ones included, as sent."""

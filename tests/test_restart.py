@@ -60,9 +60,7 @@ def test_a_member_whose_term_ran_ahead_is_followed_again(cluster):
     leader_term = leader.status()["term"]
     follower.kill()
     wait_for(lambda: not follower.processes(), 15, "the follower's worker to exit")
-    state_path = str(follower.data_dir / "raft.state")
-    state = load_hard_state(state_path)
-    save_hard_state(state_path, HardState(leader_term + 10, None, state.commit_index))
+    forge_term(follower, leader_term + 10)
     follower.start()
     agreed = cluster.leader()
     assert agreed.status()["term"] > leader_term + 10
@@ -76,18 +74,23 @@ def test_two_survivors_one_ahead_in_term_the_other_in_log_elect_a_leader(cluster
     other's pre-vote; the one behind in term must move up to it, then win."""
     nodes = cluster.start(3)
     leader = cluster.leader()
-    behind, ahead = (n for n in nodes if n is not leader)
-    behind_name = behind.name
-    behind.kill()
-    wait_for(lambda: not behind.processes(), 15, "the stopped member's worker to exit")
+    older_log, newer_log = (n for n in nodes if n is not leader)
+    older_log.kill()
+    wait_for(lambda: not older_log.processes(), 15, "the stopped member's worker to exit")
     assert leader.set({"while-it-was-down": 1}).status_code == 200
-    wait_for(lambda: ahead.get("while-it-was-down", level="stale").status_code == 200, 15, "the write to replicate")
+    wait_for(lambda: newer_log.get("while-it-was-down", level="stale").status_code == 200, 15,
+             "the write to replicate")
     leader.kill()
     wait_for(lambda: not leader.processes(), 15, "the leader's worker to exit")
-    state_path = str(behind.data_dir / "raft.state")
-    state = load_hard_state(state_path)
-    save_hard_state(state_path, HardState(ahead.status()["term"] + 10, None, state.commit_index))
-    behind.start()
-    agreed = cluster.leader([ahead, behind])
-    assert agreed is ahead, f"{agreed.name} leads; only {ahead.name} has every write ({behind_name} lacks one)"
-    assert behind.value("while-it-was-down") == 1
+    forge_term(older_log, newer_log.status()["term"] + 10)
+    older_log.start()
+    agreed = cluster.leader([newer_log, older_log])
+    assert agreed is newer_log, f"{agreed.name} leads; only {newer_log.name} has every write"
+    assert older_log.value("while-it-was-down") == 1
+
+
+def forge_term(node, term: int) -> None:
+    """Give a stopped node the term ``term`` and no vote, as if it had campaigned that far (sealed as hraftd
+    seals it, so the node reads it as its own)."""
+    path = str(node.data_dir / "raft.state")
+    save_hard_state(path, HardState(term, None, load_hard_state(path).commit_index))
